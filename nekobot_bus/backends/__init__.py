@@ -1,0 +1,1 @@
+"""Bus backends: one module each, registered in :mod:`nekobot_bus.config`."""

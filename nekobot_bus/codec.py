@@ -1,0 +1,206 @@
+"""JSON bytes to :class:`~nekobot_bus.Message` and back, as the Go gateway writes them.
+
+One dedicated :class:`cattrs.Converter` does the work, with strict hooks so
+that a payload is taken as Go's ``encoding/json`` would take it and nothing
+is coerced: ``"content": 42`` is an error, not ``"42"``.
+
+Decoding follows Go's rules for what is absent: a missing or ``null`` field
+gets Go's zero value (``""``, an empty ``data`` map, the zero time
+``0001-01-01T00:00:00Z``; an empty ``type`` means text), and unknown keys are
+ignored so that a newer writer can add fields. ``channel_id`` is required.
+
+The size limit (:data:`DEFAULT_MAX_SIZE`) is checked before parsing, so a
+huge payload costs no parse, and after encoding, so an oversized message
+fails at the sender rather than at every receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import cattrs
+
+from .errors import InvalidChannelError, MessageDecodeError, MessageEncodeError
+from .message import Message, MessageType
+
+__all__ = ["DEFAULT_MAX_SIZE", "converter", "decode", "encode", "format_timestamp", "parse_timestamp"]
+
+#: Largest payload accepted by :func:`encode` and :func:`decode`, in bytes (1 MiB).
+DEFAULT_MAX_SIZE = 1024 * 1024
+
+GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+# RFC 3339 as Go's time.Time parser requires it: a 'T', seconds, and a zone.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+_GO_ZERO_FIELDS: dict[str, Any] = {
+    "id": "",
+    "session_id": "",
+    "user_id": "",
+    "username": "",
+    "type": "",
+    "content": "",
+    "data": None,
+    "timestamp": None,
+    "reply_to": "",
+}
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp with a zone into an aware UTC datetime.
+
+    Nanoseconds, which Go writes, are truncated to microseconds.
+
+    :raises ValueError: if *text* is not RFC 3339 with an explicit zone.
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"timestamp {text!r} is not RFC 3339 with a zone, e.g. 2026-01-02T03:04:05Z")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    if zulu:
+        tz = timezone.utc
+    else:
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        tz = timezone(-offset if sign == "-" else offset)
+    try:
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz)
+        return local.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"timestamp {text!r} is not a valid time: {exc}") from exc
+
+
+def format_timestamp(value: datetime) -> str:
+    """Write an aware datetime as RFC 3339 in UTC with a ``Z``, as Go reads it."""
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    # isoformat() ends in "+00:00" for UTC; Go writes (and everyone reads) "Z".
+    return value.isoformat()[:-6] + "Z"
+
+
+def _strict_str(value: object, _type: object) -> str:
+    if value is None:  # Go leaves a string field empty for null
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {_json_kind(value)}")
+    return value
+
+
+def _structure_data(value: object, _type: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
+    return value
+
+
+def _structure_timestamp(value: object, _type: object) -> datetime:
+    if value is None:
+        return GO_ZERO_TIME
+    if not isinstance(value, str):
+        raise TypeError(f"expected an RFC 3339 string, got {_json_kind(value)}")
+    return parse_timestamp(value)
+
+
+def _structure_type(value: object, _type: object) -> MessageType:
+    if value is None:
+        return MessageType.TEXT
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {_json_kind(value)}")
+    if value == "":  # Go's zero value; the gateway treats it as text
+        return MessageType.TEXT
+    try:
+        return MessageType(value)
+    except ValueError:
+        known = ", ".join(t.value for t in MessageType)
+        raise ValueError(f"unknown message type {value!r} (known: {known})") from None
+
+
+def _json_kind(value: object) -> str:
+    kinds = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        float: "a number",
+        int: "a number",
+    }
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _describe(exc: BaseException, _type: object) -> str:
+    return str(exc)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(MessageType, _structure_type)
+    conv.register_structure_hook(datetime, _structure_timestamp)
+    conv.register_structure_hook_func(lambda cls: cls == dict[str, Any], _structure_data)
+    conv.register_unstructure_hook(datetime, format_timestamp)
+    conv.register_unstructure_hook(MessageType, lambda t: t.value)
+    return conv
+
+
+#: The converter behind :func:`encode` and :func:`decode`; other code should not modify it.
+converter = _make_converter()
+_unstructure = converter.get_unstructure_hook(Message)
+_structure = converter.get_structure_hook(Message)
+
+
+def encode(message: Message, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """Return *message* as the UTF-8 JSON the Go gateway reads.
+
+    :raises MessageEncodeError: if ``data`` holds something JSON cannot
+        carry, or the result is larger than *max_size* bytes.
+    """
+    try:
+        body = json.dumps(
+            _unstructure(message), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode()
+    except (TypeError, ValueError) as exc:
+        raise MessageEncodeError(f"message {message.id!r} cannot be written as JSON: {exc}") from exc
+    if len(body) > max_size:
+        raise MessageEncodeError(
+            f"message {message.id!r} is {len(body)} bytes as JSON; the limit is {max_size}"
+        )
+    return body
+
+
+def decode(payload: bytes | bytearray | memoryview | str, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
+    """Read one message from JSON bytes written by this library or the Go gateway.
+
+    :raises MessageDecodeError: naming what is wrong with *payload*.
+    """
+    if len(payload) > max_size:
+        raise MessageDecodeError(f"payload is {len(payload)} bytes; the limit is {max_size}")
+    if isinstance(payload, memoryview):
+        payload = payload.tobytes()
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
+        raise MessageDecodeError(f"payload is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageDecodeError(f"payload is JSON but {_json_kind(obj)}, not an object")
+    if not isinstance(obj.get("channel_id"), str):
+        raise MessageDecodeError(
+            f"payload has no channel_id string (got {_json_kind(obj.get('channel_id'))})"
+        )
+    fields = _GO_ZERO_FIELDS | obj
+    try:
+        message: Message = _structure(fields, Message)
+    except InvalidChannelError as exc:
+        raise MessageDecodeError(f"payload has a bad channel_id: {exc}") from None
+    except cattrs.ClassValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path="payload", format_exception=_describe))
+        raise MessageDecodeError(f"payload is not a message: {problems}") from None
+    except (TypeError, ValueError) as exc:
+        raise MessageDecodeError(f"payload is not a message: {exc}") from None
+    return message

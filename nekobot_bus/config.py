@@ -1,0 +1,140 @@
+"""Configuration: load it, pick the backend, build the bus.
+
+The documented shape, shared with the Go gateway::
+
+    {"bus": {"type": "local", "workers": 4, "send_timeout": 5.0, "dispatch": "threaded"},
+     "gateway": {"message_queue_size": 100}}
+
+Other top-level sections (the rest of a gateway's config file) are ignored,
+so the gateway's whole file can be passed; unknown keys inside ``bus`` are
+errors. Backends are found in :data:`BUILTIN_BACKENDS`, then in the entry
+point group ``nekobot_bus.backends`` (name: the ``bus.type``; value: a
+:class:`~nekobot_bus.Bus` subclass), then in :func:`register_backend` calls.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Union
+
+from .bus import Bus
+from .errors import ConfigError
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "ConfigSource",
+    "available_backends",
+    "create_bus",
+    "load_config",
+    "register_backend",
+]
+
+#: A config as :func:`create_bus` takes it: a mapping, a JSON text, or a path to a JSON file.
+ConfigSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
+
+ENTRY_POINT_GROUP = "nekobot_bus.backends"
+
+#: ``bus.type`` to ``"module:Class"``; imported only when asked for, so the
+#: local bus works without the ``redis`` package.
+BUILTIN_BACKENDS: Mapping[str, str] = {
+    "local": "nekobot_bus.backends.local:LocalBus",
+}
+
+#: Extra a backend's module needs, named in the error when its import fails.
+_EXTRAS = {"redis": "redis"}
+
+_registered: dict[str, type[Bus]] = {}
+_registry_lock = threading.Lock()
+
+
+def register_backend(type_name: str, backend: type[Bus]) -> None:
+    """Make *backend* available as ``bus.type`` *type_name* in this process."""
+    if not (isinstance(backend, type) and issubclass(backend, Bus)):
+        raise TypeError(f"backend must be a Bus subclass, not {backend!r}")
+    with _registry_lock:
+        _registered[type_name] = backend
+
+
+def available_backends() -> list[str]:
+    """The ``bus.type`` names known here: built in, installed, registered."""
+    names = set(BUILTIN_BACKENDS) | set(_registered)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def _backend(type_name: str) -> type[Bus]:
+    with _registry_lock:
+        if type_name in _registered:
+            return _registered[type_name]
+    target = BUILTIN_BACKENDS.get(type_name)
+    if target is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):
+            target = ep.value
+            break
+    if target is None:
+        known = ", ".join(repr(name) for name in available_backends())
+        raise ConfigError(f"bus.type {type_name!r} is not a known backend; known: {known}")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = _EXTRAS.get(type_name)
+        hint = f"; install it with: pip install 'nekobot_bus[{extra}]'" if extra else ""
+        raise ConfigError(
+            f"bus.type {type_name!r} needs {exc.name or module_name!r}, which is not installed{hint}"
+        ) from exc
+    backend = getattr(module, attr, None)
+    if not (isinstance(backend, type) and issubclass(backend, Bus)):
+        raise ConfigError(f"bus.type {type_name!r} points at {target!r}, which is not a Bus subclass")
+    return backend
+
+
+def load_config(source: ConfigSource) -> dict[str, Any]:
+    """Parse *source* into a dict: a mapping is copied, a string starting with
+    ``{`` is JSON, anything else is the path of a JSON file.
+
+    :raises ConfigError: if the file is missing or the JSON is invalid.
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        text, origin = source, "config JSON"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), f"config file {str(path)!r}"
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+    else:
+        raise ConfigError(f"config must be a mapping, a JSON string or a path, not {type(source).__name__}")
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{origin} is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{origin} must hold a JSON object, not {type(parsed).__name__}")
+    return parsed
+
+
+def create_bus(config: ConfigSource | None = None) -> Bus:
+    """Build the bus *config* describes (the local bus when it is ``None``).
+
+    The bus is not started; use ``with create_bus(...) as bus:`` or call
+    :meth:`~nekobot_bus.Bus.start`.
+
+    :raises ConfigError: naming the key that is wrong and why.
+    """
+    parsed = load_config({} if config is None else config)
+    bus_section = parsed.get("bus") or {}
+    if not isinstance(bus_section, Mapping):
+        raise ConfigError(f"bus must be an object, not {type(bus_section).__name__}")
+    type_name = bus_section.get("type", "local")
+    if not isinstance(type_name, str):
+        raise ConfigError(f"bus.type must be a string, not {type_name!r}")
+    return _backend(type_name).from_config(parsed)

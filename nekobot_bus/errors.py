@@ -1,0 +1,69 @@
+"""The exceptions of :mod:`nekobot_bus`.
+
+Everything the library raises on purpose derives from :class:`NekobotBusError`,
+so ``except NekobotBusError`` catches all of it. Where the meaning matches a
+built-in exception, that built-in is mixed in as well: a full bus is a
+:class:`TimeoutError`, a payload that is not a message is a :class:`ValueError`,
+an unreachable Redis is a :class:`ConnectionError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusClosedError",
+    "BusConnectionError",
+    "BusFullError",
+    "ConfigError",
+    "InvalidChannelError",
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "MessageError",
+    "NekobotBusError",
+    "UnroutedMessageError",
+]
+
+
+class NekobotBusError(Exception):
+    """The root of every exception this library raises on purpose."""
+
+
+class ConfigError(NekobotBusError, ValueError):
+    """A configuration is malformed: the message names the key and the rule."""
+
+
+# -- messages -----------------------------------------------------------------
+
+
+class MessageError(NekobotBusError, ValueError):
+    """A message, or the bytes that should hold one, is not acceptable."""
+
+
+class InvalidChannelError(MessageError):
+    """A channel id breaks one of the rules of :func:`validate_channel_id`."""
+
+
+class MessageDecodeError(MessageError):
+    """Bytes from the wire are not a message; the text says what was wrong."""
+
+
+class MessageEncodeError(MessageError):
+    """A message cannot be written as JSON (too large, or ``data`` not JSON)."""
+
+
+# -- the bus ------------------------------------------------------------------
+
+
+class BusClosedError(NekobotBusError, RuntimeError):
+    """A message was sent to a bus that has been stopped."""
+
+
+class BusFullError(NekobotBusError, TimeoutError):
+    """A send waited ``send_timeout`` seconds for room in a full queue."""
+
+
+class BusConnectionError(NekobotBusError, ConnectionError):
+    """A remote backend could not reach its server within the time allowed."""
+
+
+class UnroutedMessageError(NekobotBusError, LookupError):
+    """A remote send reached no subscriber and the bus was told to raise."""
