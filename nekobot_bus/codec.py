@@ -143,6 +143,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(MessageType, _structure_type)
     conv.register_structure_hook(datetime, _structure_timestamp)
     conv.register_structure_hook_func(lambda cls: cls == dict[str, Any], _structure_data)
+    # data goes to json.dumps as it is: no recursive copy, and no silent
+    # conversion of values JSON cannot carry (they fail in encode()).
+    conv.register_unstructure_hook_func(lambda cls: cls == dict[str, Any], lambda value: value)
     conv.register_unstructure_hook(datetime, format_timestamp)
     conv.register_unstructure_hook(MessageType, lambda t: t.value)
     return conv

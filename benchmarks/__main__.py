@@ -1,0 +1,62 @@
+"""``python -m benchmarks``: measure, print a table and the targets' verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from ._stats import render_table
+from .local import run_local
+
+# (ratio key, description, target, "max" or "min")
+TARGETS = [
+    ("threaded_p50_vs_queue", "threaded p50 latency / queue.Queue p50", 1.5, "max"),
+    ("threaded_throughput_vs_queue", "threaded throughput / queue.Queue throughput", 0.5, "min"),
+    ("inline_overhead_us", "inline send - direct call, us per message", 2.0, "max"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure the local bus against a bare queue.Queue and a direct call, in one run.",
+    )
+    parser.add_argument("--count", type=int, default=5000, help="messages per measurement (default 5000)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; figures are medians")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    args = parser.parse_args(argv)
+
+    results, ratios = run_local(args.count, args.rounds)
+    verdicts = []
+    for key, text, target, kind in TARGETS:
+        value = ratios[key]
+        ok = value <= target if kind == "max" else value >= target
+        bound = f"<= {target}" if kind == "max" else f">= {target}"
+        verdicts.append(
+            {"target": text, "measured": round(value, 3), "goal": bound, "verdict": "met" if ok else "MISSED"}
+        )
+    machine = (
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} cores, {platform.machine()}"
+    )
+    if args.json:
+        json.dump(
+            {"machine": machine, "results": [r.summary() for r in results], "targets": verdicts},
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    else:
+        print(f"nekobot_bus benchmarks on {machine}; latency in us, rate in messages/s\n")
+        columns = ["name", "p50_us", "p90_us", "p99_us", "p99.9_us", "max_us", "rate_per_s", "note"]
+        print(render_table([r.summary() for r in results], columns))
+        print()
+        print(render_table(verdicts, ["target", "measured", "goal", "verdict"]))
+    return 0 if all(v["verdict"] == "met" for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

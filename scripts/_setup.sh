@@ -1,0 +1,27 @@
+# Sourced by scripts/test and scripts/bench: a virtualenv in .venv with the
+# package and every extra the tests and benchmarks use, and redis-server.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[redis,test,bench]'
+
+ensure_redis_server() {
+    if command -v redis-server >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "redis-server is missing; installing the Debian package redis-server" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    fi
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "error: the Redis tests need the redis-server binary, which is not installed and could" >&2
+        echo "not be installed here (needs root and apt-get). Install Redis 6 or newer, e.g." >&2
+        echo "'sudo apt-get install redis-server', and run this again." >&2
+        exit 1
+    fi
+}

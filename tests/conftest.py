@@ -1,0 +1,64 @@
+"""Shared fixtures: the backend matrix and the no-leftover-threads guard."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from nekobot_bus import Bus, create_bus
+
+BusFactory = Callable[..., Bus]
+
+# Each entry: the id of the backend and the config that builds it. Backends
+# that need a server add their entries from their own fixtures (see redis_server).
+LOCAL_BACKENDS: dict[str, dict[str, Any]] = {
+    "local": {"bus": {"type": "local"}},
+    "local-inline": {"bus": {"type": "local", "dispatch": "inline"}},
+}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Iterator[None]:
+    """Fail a test that leaves a thread running after it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    leftover: list[threading.Thread] = []
+    while time.monotonic() < deadline:
+        leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leftover:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"threads left behind: {[t.name for t in leftover]}")
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+@pytest.fixture(params=sorted(LOCAL_BACKENDS))
+def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The config of each backend the contract tests run against."""
+    return LOCAL_BACKENDS[str(request.param)]
+
+
+@pytest.fixture
+def make_bus(backend_config: dict[str, Any]) -> Iterator[BusFactory]:
+    """Build buses of the current backend, with config overrides; all are stopped at the end."""
+    made: list[Bus] = []
+
+    def factory(**overrides: dict[str, Any]) -> Bus:
+        bus = create_bus(_merge(backend_config, overrides))
+        made.append(bus)
+        return bus
+
+    yield factory
+    for bus in made:
+        assert bus.stop(timeout=10), f"{bus!r} did not stop in time"

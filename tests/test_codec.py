@@ -1,0 +1,164 @@
+"""The wire codec against the Go gateway's vectors, its limits, and a round-trip property."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nekobot_bus import Message, MessageDecodeError, MessageEncodeError, MessageType, codec
+from nekobot_bus.message import MAX_CHANNEL_ID_LENGTH
+
+VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "wire" / "nekobot-go-vectors.json"
+VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+FIELDS = [
+    "id",
+    "channel_id",
+    "session_id",
+    "user_id",
+    "username",
+    "type",
+    "content",
+    "data",
+    "timestamp",
+    "reply_to",
+]
+
+
+def as_expect(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "channel_id": message.channel_id,
+        "session_id": message.session_id,
+        "user_id": message.user_id,
+        "username": message.username,
+        "type": message.type.value,
+        "content": message.content,
+        "data": message.data,
+        "timestamp": message.timestamp,
+        "reply_to": message.reply_to,
+    }
+
+
+@pytest.mark.parametrize("case", VECTORS["decode"], ids=lambda c: c["name"])
+def test_go_payloads_decode_to_the_expected_fields(case: dict[str, Any]) -> None:
+    decoded = codec.decode(case["wire"].encode())
+    expect = dict(case["expect"], timestamp=datetime.fromisoformat(case["expect"]["timestamp"]))
+    assert as_expect(decoded) == expect
+    assert decoded.timestamp.tzinfo is timezone.utc
+
+
+@pytest.mark.parametrize("case", VECTORS["decode"], ids=lambda c: c["name"])
+def test_go_payloads_survive_a_round_trip(case: dict[str, Any]) -> None:
+    decoded = codec.decode(case["wire"].encode())
+    assert codec.decode(codec.encode(decoded)) == decoded
+
+
+@pytest.mark.parametrize("case", VECTORS["reject"], ids=lambda c: c["name"])
+def test_go_reject_cases_raise_a_decode_error(case: dict[str, Any]) -> None:
+    with pytest.raises(MessageDecodeError) as info:
+        codec.decode(case["wire"].encode())
+    assert isinstance(info.value, ValueError)
+    assert "payload" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("wire", "named"),
+    [
+        ('{"channel_id":"t","content":42}', "content"),
+        ('{"channel_id":"t","type":"hologram"}', "hologram"),
+        ('{"channel_id":"t","timestamp":"2026-01-02 03:04:05"}', "RFC 3339"),
+        ('{"channel_id":"t","data":[1]}', "data"),
+        ("[1,2,3]", "array"),
+        ('{"content":"no channel"}', "channel_id"),
+        ('{"channel_id":"a b"}', "channel id"),
+    ],
+)
+def test_decode_errors_name_the_problem(wire: str, named: str) -> None:
+    with pytest.raises(MessageDecodeError, match=named):
+        codec.decode(wire)
+
+
+def test_encode_writes_all_ten_keys_in_go_form() -> None:
+    message = Message(
+        channel_id="telegram",
+        session_id="s",
+        data={},
+        timestamp=datetime(2026, 1, 2, 3, 4, 5, 6, timezone.utc),
+    )
+    obj = json.loads(codec.encode(message))
+    assert list(obj) == FIELDS
+    assert obj["timestamp"] == "2026-01-02T03:04:05.000006Z"
+    assert obj["data"] == {}
+    assert all(isinstance(obj[key], str) for key in FIELDS if key != "data")
+
+
+def test_encode_writes_utc_with_a_zone_for_any_aware_time() -> None:
+    local = datetime(2026, 11, 28, 9, 3, 32, tzinfo=timezone(timedelta(hours=8)))
+    obj = json.loads(codec.encode(Message(channel_id="t", timestamp=local)))
+    assert obj["timestamp"] == "2026-11-28T01:03:32Z"
+
+
+def test_size_limit_is_enforced_before_parsing_and_when_encoding() -> None:
+    with pytest.raises(MessageDecodeError, match="limit"):
+        codec.decode(b"x" * (codec.DEFAULT_MAX_SIZE + 1))
+    big = Message(channel_id="t", content="x" * 2000)
+    with pytest.raises(MessageEncodeError, match="limit is 1000"):
+        codec.encode(big, max_size=1000)
+    assert codec.decode(codec.encode(big), max_size=3000) == big
+
+
+def test_pickle_and_binary_garbage_are_rejected() -> None:
+    for payload in (pickle.dumps({"channel_id": "t"}), b"\xff\xfe\x00", b"[" * 50_000):
+        with pytest.raises(MessageDecodeError):
+            codec.decode(payload)
+
+
+def test_data_that_json_cannot_carry_fails_at_the_sender() -> None:
+    with pytest.raises(MessageEncodeError, match="JSON"):
+        codec.encode(Message(channel_id="t", data={"when": datetime.now(timezone.utc)}))
+    with pytest.raises(MessageEncodeError):
+        codec.encode(Message(channel_id="t", data={"x": float("nan")}))
+
+
+channel_ids = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+        blacklist_characters="*?[]\\\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85",
+    ),
+    min_size=1,
+    max_size=MAX_CHANNEL_ID_LENGTH,
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+messages = st.builds(
+    Message,
+    id=st.text(),
+    channel_id=channel_ids,
+    session_id=st.text(),
+    user_id=st.text(),
+    username=st.text(),
+    type=st.sampled_from(MessageType),
+    content=st.text(),
+    data=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+    timestamp=st.datetimes(timezones=st.just(timezone.utc)),
+    reply_to=st.text(),
+)
+
+
+@given(messages)
+def test_any_message_survives_encode_then_decode(message: Message) -> None:
+    assert codec.decode(codec.encode(message)) == message
