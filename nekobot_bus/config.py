@@ -44,6 +44,7 @@ ENTRY_POINT_GROUP = "nekobot_bus.backends"
 #: local bus works without the ``redis`` package.
 BUILTIN_BACKENDS: Mapping[str, str] = {
     "local": "nekobot_bus.backends.local:LocalBus",
+    "redis": "nekobot_bus.backends.redis:RedisBus",
 }
 
 #: Extra a backend's module needs, named in the error when its import fails.

