@@ -24,7 +24,7 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` on a free loopback port, data kept in *directory*."""
 
-    def __init__(self, directory: Path, *extra_args: str) -> None:
+    def __init__(self, directory: Path, *extra_args: str, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -33,7 +33,8 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.port = free_port()
-        self.extra_args = extra_args
+        self.password = password
+        self.extra_args = (*extra_args, "--requirepass", password) if password else extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
 
@@ -65,11 +66,18 @@ class RedisServer:
                 return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
                     raise RuntimeError(f"redis-server on port {self.port} did not come up") from None
                 time.sleep(0.02)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: no goodbye to clients) and wait for it."""

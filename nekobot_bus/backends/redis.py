@@ -254,6 +254,9 @@ class RedisBus(Bus):
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
+        self._reader = threading.Thread(
+            target=self._read_forever, name="nekobot-bus-redis-reader", daemon=True
+        )
         self._reader.start()
         with self._subs:
             generation = self._generation
@@ -262,6 +265,7 @@ class RedisBus(Bus):
             self._stopping.set()
             self._interrupt_reader()
             self._reader.join(timeout)
+            self._stopping.clear()  # start() may be tried again
             raise BusConnectionError(f"could not subscribe on Redis at {self.address} within {timeout} s")
         with self._lifecycle_pending:
             pending, self._pending = self._pending, []
