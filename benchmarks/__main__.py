@@ -8,14 +8,19 @@ import os
 import platform
 import sys
 
+import redis
+
 from ._stats import render_table
 from .local import run_local
+from .redis_fanout import run_redis
 
 # (ratio key, description, target, "max" or "min")
 TARGETS = [
     ("threaded_p50_vs_queue", "threaded p50 latency / queue.Queue p50", 1.5, "max"),
     ("threaded_throughput_vs_queue", "threaded throughput / queue.Queue throughput", 0.5, "min"),
     ("inline_overhead_us", "inline send - direct call, us per message", 2.0, "max"),
+    ("redis_p50_vs_bare", "Redis fan-out p50 / bare redis-py pub/sub p50", 1.5, "max"),
+    ("redis_batched_rate", "Redis batched sends, messages/s end to end", 30_000, "min"),
 ]
 
 
@@ -27,11 +32,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=5000, help="messages per measurement (default 5000)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; figures are medians")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="the Redis to measure against (default: %(default)s); 'none' skips Redis",
+    )
     args = parser.parse_args(argv)
 
     results, ratios = run_local(args.count, args.rounds)
+    if args.redis_url != "none":
+        try:
+            redis_results, redis_ratios = run_redis(args.redis_url, min(args.count, 2000))
+        except redis.ConnectionError as exc:
+            print(
+                f"Redis at {args.redis_url} is not reachable ({exc}); Redis lines left out. "
+                "Start one with: redis-server --port 6379 --save '' --daemonize yes",
+                file=sys.stderr,
+            )
+        else:
+            results += redis_results
+            ratios.update(redis_ratios)
     verdicts = []
     for key, text, target, kind in TARGETS:
+        if key not in ratios:
+            continue
         value = ratios[key]
         ok = value <= target if kind == "max" else value >= target
         bound = f"<= {target}" if kind == "max" else f">= {target}"

@@ -99,7 +99,10 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-_str = attrs.validators.instance_of(str)
+def _str(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # A plain function: this runs for six fields of every message made or decoded.
+    if value.__class__ is not str and not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, not {type(value).__name__}")
 
 
 @attrs.frozen(kw_only=True)
