@@ -229,9 +229,12 @@ class Dispatcher:
         if self._inline:
             self._submit_inline(message)
             return
+        self._put(self._queue_for(message), message, timeout)
+
+    def _queue_for(self, message: Message) -> _WorkQueue:
+        # The session's worker, always the same one: that keeps its order.
         queues = self._queues
-        q = queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
-        self._put(q, message, timeout)
+        return queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
 
     def offer(self, message: Message) -> None:
         """Take *message* if its worker's queue has room, else count it ``dropped``.
@@ -240,8 +243,7 @@ class Dispatcher:
         waited would let the server's output buffer grow until it cuts the
         connection, losing far more than one message.
         """
-        queues = self._queues
-        q = queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
+        q = self._queue_for(message)
         try:
             q.put_nowait(message)
         except queue.Full:
