@@ -17,20 +17,14 @@ from __future__ import annotations
 import queue
 import statistics
 import threading
-import time
 from collections.abc import Callable
 
 from nekobot_bus import LocalBus, Message
 
+from ._measure import bus_latency, messages, now
 from ._stats import Result
 
 __all__ = ["run_local"]
-
-_now = time.perf_counter
-
-
-def _messages(count: int, sessions: int = 64) -> list[Message]:
-    return [Message(channel_id="bench", session_id=f"s{n % sessions}", content="x") for n in range(count)]
 
 
 def queue_latency(count: int) -> list[float]:
@@ -43,91 +37,71 @@ def queue_latency(count: int) -> list[float]:
     def consume() -> None:
         while True:
             item = q.get()
-            out.append(_now() - sent_at[0])
+            out.append(now() - sent_at[0])
             ack.release()
             if item is None:
                 return
 
     consumer = threading.Thread(target=consume, name="bench-queue-consumer")
     consumer.start()
-    for item in [*_messages(count - 1), None]:
-        sent_at[0] = _now()
+    for item in [*messages(count - 1), None]:
+        sent_at[0] = now()
         q.put(item)
         ack.acquire()
     consumer.join()
     return [v * 1e6 for v in out]
 
 
-def bus_latency(count: int, *, dispatch: str = "threaded") -> list[float]:
-    """Send-to-handler latency of LocalBus, in us."""
-    ack = threading.Semaphore(0)
-    sent_at = [0.0]
-    out: list[float] = []
-
-    def handler(message: Message) -> None:
-        out.append(_now() - sent_at[0])
-        ack.release()
-
-    bus = LocalBus(workers=1, dispatch=dispatch)  # type: ignore[arg-type]
-    bus.register_inbound_handler("bench", handler)
-    with bus:
-        for message in _messages(count):
-            sent_at[0] = _now()
-            bus.send_inbound(message)
-            ack.acquire()
-    return [v * 1e6 for v in out]
-
-
 def queue_throughput(count: int) -> float:
     """Messages per second through a bare bounded queue.Queue, one producer, one consumer."""
     q: queue.Queue[object] = queue.Queue(100)
-    items = [*_messages(count), None]
+    items = [*messages(count), None]
 
     def consume() -> None:
         while q.get() is not None:
             pass
 
     consumer = threading.Thread(target=consume, name="bench-queue-consumer")
-    started = _now()
+    started = now()
     consumer.start()
     for item in items:
         q.put(item)
     consumer.join()
-    return count / (_now() - started)
+    return count / (now() - started)
 
 
 def bus_throughput(count: int) -> float:
     """Messages per second through LocalBus, one producer, one worker."""
-    messages = _messages(count)
+    batch = messages(count)
     bus = LocalBus(workers=1)
     bus.register_inbound_handler("bench", lambda m: None)
     with bus:
-        started = _now()
-        for message in messages:
+        started = now()
+        for message in batch:
             bus.send_inbound(message)
         bus.wait_idle(60)
-        elapsed = _now() - started
+        elapsed = now() - started
     return count / elapsed
 
 
 def inline_overhead(count: int) -> tuple[float, float]:
     """Per-message time of a direct handler call and of an inline send, in us."""
-    messages = _messages(count)
+    batch = messages(count)
     sink: list[Message] = []
     handler: Callable[[Message], None] = sink.append
-    started = _now()
-    for message in messages:
+    started = now()
+    for message in batch:
         handler(message)
-    direct = (_now() - started) / count
+    direct = (now() - started) / count
     sink.clear()
     bus = LocalBus(dispatch="inline")
     bus.register_inbound_handler("bench", handler)
     with bus:
         send = bus.send_inbound
-        started = _now()
-        for message in messages:
+        started = now()
+        for message in batch:
             send(message)
-        inline = (_now() - started) / count
+        inline = (now() - started) / count
     return direct * 1e6, inline * 1e6
 
 
@@ -140,12 +114,12 @@ def run_local(count: int = 5000, rounds: int = 5) -> tuple[list[Result], dict[st
     per_round = max(100, count // rounds)
     for _ in range(rounds):
         q = queue_latency(per_round)
-        b = bus_latency(per_round)
+        b = bus_latency(LocalBus(workers=1), per_round)
         lat_q += q
         lat_bus += b
         p50s_q.append(statistics.median(q))
         p50s_bus.append(statistics.median(b))
-        lat_inline += bus_latency(per_round, dispatch="inline")
+        lat_inline += bus_latency(LocalBus(dispatch="inline"), per_round)
         tput_q.append(queue_throughput(count))
         tput_bus.append(bus_throughput(count))
         d, i = inline_overhead(count)

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
 
 import redis
 
-from nekobot_bus import Direction, Message
+from nekobot_bus import Direction
 from nekobot_bus.backends.redis import RedisBus
 
+from ._measure import bus_latency, messages, now
 from ._stats import Result
 
 __all__ = ["run_redis"]
 
-_now = time.perf_counter
 _PREFIX = "nekobot-bench:"
 
 
@@ -37,7 +36,7 @@ def bare_latency(url: str, count: int) -> list[float]:
     def read() -> None:
         while not done.is_set():
             if pubsub.get_message(timeout=0.5) is not None:
-                out.append(_now() - sent_at[0])
+                out.append(now() - sent_at[0])
                 ack.release()
 
     reader = threading.Thread(target=read, name="bench-bare-subscriber")
@@ -45,7 +44,7 @@ def bare_latency(url: str, count: int) -> list[float]:
     payload = b'{"channel_id":"bench","content":"x"}'
     try:
         for _ in range(count):
-            sent_at[0] = _now()
+            sent_at[0] = now()
             client.publish(f"{_PREFIX}bare", payload)
             ack.acquire(timeout=5)
     finally:
@@ -56,36 +55,16 @@ def bare_latency(url: str, count: int) -> list[float]:
     return [v * 1e6 for v in out]
 
 
-def bus_latency(url: str, count: int) -> list[float]:
-    ack = threading.Semaphore(0)
-    sent_at = [0.0]
-    out: list[float] = []
-
-    def handler(message: Message) -> None:
-        out.append(_now() - sent_at[0])
-        ack.release()
-
-    bus = RedisBus(url, prefix=_PREFIX, workers=1)
-    bus.register_inbound_handler("bench", handler)
-    with bus:
-        for n in range(count):
-            message = Message(channel_id="bench", session_id=f"s{n % 64}", content="x")
-            sent_at[0] = _now()
-            bus.send_inbound(message)
-            ack.acquire(timeout=5)
-    return [v * 1e6 for v in out]
-
-
 def batch_throughput(url: str, count: int, batch: int = 500) -> float:
-    messages = [Message(channel_id="bench", session_id=f"s{n % 64}", content="x") for n in range(count)]
+    batches = messages(count)
     bus = RedisBus(url, prefix=_PREFIX, workers=2, queue_size=max(100, count))
     bus.register_inbound_handler("bench", lambda m: None)
     with bus:
-        started = _now()
+        started = now()
         for i in range(0, count, batch):
-            bus.send_many(Direction.INBOUND, messages[i : i + batch])
+            bus.send_many(Direction.INBOUND, batches[i : i + batch])
         bus.wait_idle(60)
-        elapsed = _now() - started
+        elapsed = now() - started
         handled = bus.get_metrics()["handled_in"]
     return handled / elapsed
 
@@ -99,7 +78,7 @@ def run_redis(url: str, count: int = 2000, rounds: int = 3) -> tuple[list[Result
     per_round = max(100, count // rounds)
     for _ in range(rounds):
         b = bare_latency(url, per_round)
-        o = bus_latency(url, per_round)
+        o = bus_latency(RedisBus(url, prefix=_PREFIX, workers=1), per_round)
         bare += b
         ours += o
         p50_bare.append(statistics.median(b))

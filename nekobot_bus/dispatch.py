@@ -374,7 +374,7 @@ class Dispatcher:
             if self._inline and drain:
                 self._metrics.wait_idle(max(0.0, deadline - time.monotonic()))
             return []
-        alive = join_all(self._threads if self._started else [], deadline)
+        alive = join_all(self._threads, deadline)
         if alive:
             self._discarding = True
             logger.warning(

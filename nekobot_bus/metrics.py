@@ -10,7 +10,6 @@ somebody waits, so the hot path pays one uncontended lock per update.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 
 __all__ = ["DIRECTION_KEYS", "Metrics"]
@@ -70,15 +69,9 @@ class Metrics:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no accepted message is in flight; False if *timeout* passed first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._idle_waiters += 1
             try:
-                while self._in_flight:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._idle.wait(remaining)
-                return True
+                return self._idle.wait_for(lambda: not self._in_flight, timeout)
             finally:
                 self._idle_waiters -= 1

@@ -16,6 +16,21 @@ def msg(session: str = "s1", content: str = "") -> Message:
     return Message(channel_id="telegram", session_id=session, content=content)
 
 
+class BlockingHandler:
+    """A handler that blocks until released, and tells when a call has entered."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, message: Message) -> None:
+        self.entered.set()
+        self.gate.wait(WAIT)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
 def test_full_queue_raises_bus_full_after_send_timeout() -> None:
     bus = LocalBus(workers=1, queue_size=2, send_timeout=0.2)
     gate = threading.Event()
@@ -53,19 +68,13 @@ def test_sending_before_start_beyond_the_bound_raises() -> None:
 
 def test_stop_without_drain_counts_what_it_discards() -> None:
     bus = LocalBus(workers=1, queue_size=50)
-    gate = threading.Event()
-    entered = threading.Event()
-
-    def handler(message: Message) -> None:
-        entered.set()
-        gate.wait(WAIT)
-
+    handler = BlockingHandler()
     bus.register_inbound_handler("telegram", handler)
     bus.start()
     for _ in range(20):
         bus.send_inbound(msg())
-    assert entered.wait(WAIT)
-    threading.Timer(0.1, gate.set).start()
+    assert handler.entered.wait(WAIT)
+    threading.Timer(0.1, handler.release).start()
     assert bus.stop(WAIT, drain=False)
     m = bus.get_metrics()
     assert m["handled_in"] == 1
@@ -75,22 +84,16 @@ def test_stop_without_drain_counts_what_it_discards() -> None:
 
 def test_stop_returns_by_its_timeout_when_a_handler_hangs() -> None:
     bus = LocalBus(workers=1)
-    gate = threading.Event()
-    entered = threading.Event()
-
-    def stuck(message: Message) -> None:
-        entered.set()
-        gate.wait(WAIT)
-
+    stuck = BlockingHandler()
     bus.register_inbound_handler("telegram", stuck)
     bus.start()
     bus.send_inbound(msg())
     bus.send_inbound(msg())
-    assert entered.wait(WAIT)
+    assert stuck.entered.wait(WAIT)
     started = time.monotonic()
     assert bus.stop(timeout=0.3) is False
     assert time.monotonic() - started < 1.0
-    gate.set()  # the handler returns; the worker counts the rest and exits
+    stuck.release()  # the handler returns; the worker counts the rest and exits
     assert bus.wait_idle(WAIT)
     m = bus.get_metrics()
     assert (m["handled_in"], m["dropped_in"]) == (1, 1)

@@ -69,6 +69,15 @@ def probe(bus: RedisBus, collector: Collector, timeout: float = 20.0) -> float:
     raise AssertionError(f"delivery did not resume within {timeout} s")
 
 
+def started_bus(made: list[RedisBus], server: RedisServer, **bus: Any) -> tuple[RedisBus, Collector]:
+    """A started bus whose collector receives every inbound message of ``telegram``."""
+    created = new_bus(made, server, **bus)
+    collector = Collector()
+    created.register_inbound_handler("telegram", collector)
+    created.start()
+    return created, collector
+
+
 class Stream:
     """Sends a steady stream from a thread during a fault and records each outcome."""
 
@@ -148,10 +157,7 @@ def test_a_go_payload_reaches_our_handler_and_ours_decodes_as_go_expects(
 def test_garbage_is_counted_and_the_next_good_message_arrives(
     redis_server: RedisServer, buses: list[RedisBus]
 ) -> None:
-    bus = new_bus(buses, redis_server)
-    collector = Collector()
-    bus.register_inbound_handler("telegram", collector)
-    bus.start()
+    bus, collector = started_bus(buses, redis_server)
     garbage = [
         b"hello",
         b"[1,2,3]",
@@ -189,10 +195,7 @@ def test_wildcard_and_exact_handlers_get_each_message_once(
 def test_killed_pubsub_connection_reconnects_and_delivery_resumes(
     redis_server: RedisServer, buses: list[RedisBus]
 ) -> None:
-    bus = new_bus(buses, redis_server)
-    collector = Collector()
-    bus.register_inbound_handler("telegram", collector)
-    bus.start()
+    bus, collector = started_bus(buses, redis_server)
     probe(bus, collector)
     with Stream(bus) as stream:
         time.sleep(0.3)
@@ -206,10 +209,7 @@ def test_killed_pubsub_connection_reconnects_and_delivery_resumes(
 
 
 def test_server_down_for_15_s_then_back(redis_server: RedisServer, buses: list[RedisBus]) -> None:
-    bus = new_bus(buses, redis_server, send_timeout=0.5)
-    collector = Collector()
-    bus.register_inbound_handler("telegram", collector)
-    bus.start()
+    bus, collector = started_bus(buses, redis_server, send_timeout=0.5)
     with Stream(bus) as stream:
         time.sleep(0.3)
         redis_server.stop()
@@ -226,10 +226,7 @@ def test_server_down_for_15_s_then_back(redis_server: RedisServer, buses: list[R
 
 
 def test_paused_server_trips_the_liveness_check(redis_server: RedisServer, buses: list[RedisBus]) -> None:
-    bus = new_bus(buses, redis_server, send_timeout=0.5, socket_timeout=1.0)
-    collector = Collector()
-    bus.register_inbound_handler("telegram", collector)
-    bus.start()
+    bus, collector = started_bus(buses, redis_server, send_timeout=0.5, socket_timeout=1.0)
     probe(bus, collector)
     with Stream(bus) as stream:
         redis_server.pause()

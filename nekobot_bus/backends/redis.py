@@ -56,6 +56,7 @@ from redis.retry import Retry
 
 from .. import codec
 from .._options import Section
+from .._threads import join_all
 from ..bus import Bus
 from ..dispatch import Direction
 from ..errors import (
@@ -157,9 +158,7 @@ class RedisBus(Bus):
         self._channel_names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._wake_channel = f"{prefix}wake:{uuid.uuid4().hex}"
         self._stopping = threading.Event()
-        self._reader = threading.Thread(
-            target=self._read_forever, name="nekobot-bus-redis-reader", daemon=True
-        )
+        self._reader: threading.Thread | None = None  # one per start(), owned by the bus
         # Subscription state: _wanted is written by registering threads,
         # _confirmed by the reader; both guarded by _subs.
         self._subs = threading.Condition()
@@ -242,29 +241,22 @@ class RedisBus(Bus):
             self._wait_confirmed(generation, self.send_timeout)
 
     def _wait_confirmed(self, generation: int, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._subs:
-            while self._confirmed_generation < generation:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._subs.wait(remaining)
-        return True
+            return self._subs.wait_for(lambda: self._confirmed_generation >= generation, timeout)
 
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
-        self._reader = threading.Thread(
-            target=self._read_forever, name="nekobot-bus-redis-reader", daemon=True
-        )
-        self._reader.start()
+        reader = threading.Thread(target=self._read_forever, name="nekobot-bus-redis-reader", daemon=True)
+        self._reader = reader
+        reader.start()
         with self._subs:
             generation = self._generation
         timeout = self.send_timeout if self.send_timeout is not None else 30.0
         if not self._wait_confirmed(generation, timeout):
             self._stopping.set()
             self._interrupt_reader()
-            self._reader.join(timeout)
+            reader.join(timeout)
             self._stopping.clear()  # start() may be tried again
             raise BusConnectionError(f"could not subscribe on Redis at {self.address} within {timeout} s")
         with self._lifecycle_pending:
@@ -276,15 +268,14 @@ class RedisBus(Bus):
             self._publishing = True
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
-        if drain and self._reader.is_alive():
-            self._wait_read_back(deadline)
+        if drain and self._reader is not None and self._reader.is_alive():
+            self._wait_read_back(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
         self._interrupt_reader()
-        if self._reader.ident is not None:
-            self._reader.join(max(0.0, deadline - time.monotonic()))
+        alive = join_all([self._reader] if self._reader is not None else [], deadline)
         self._client.close()
         self._reader_client.close()
-        return [self._reader] if self._reader.is_alive() else []
+        return alive
 
     def _wake_reader(self) -> None:
         # Best effort: the reader's read timeout bounds the delay anyway.
@@ -430,9 +421,9 @@ class RedisBus(Bus):
             if not first:
                 logger.info("Redis reader reconnected to %s", self.address)
             while not self._stopping.is_set():
-                with self._subs:
-                    changed = self._generation != generation
-                if changed:
+                # An unlocked read: a change missed here is seen on the next pass,
+                # which the wake message makes immediate.
+                if self._generation != generation:
                     generation = self._sync_subscriptions(pubsub, subscribed, pending)
                 response = pubsub.get_message(timeout=0.25)
                 now = time.monotonic()
@@ -508,9 +499,10 @@ class RedisBus(Bus):
             logger.warning("undecodable payload on %s (%d bytes): %s", channel, len(payload), exc)
             return
         self._dispatchers[direction].offer(message)
-        with self._awaiting_lock:
-            if self._awaiting.pop(message.id, None) is not None and not self._awaiting:
-                self._awaiting_lock.notify_all()
+        # Unlocked test first: a sender notes its id before PUBLISH, so an id
+        # of ours is always visible here, and others' messages take no lock.
+        if message.id in self._awaiting:
+            self._forget([message.id])
 
     def _count_lost(self) -> None:
         with self._awaiting_lock:
@@ -526,19 +518,14 @@ class RedisBus(Bus):
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until what this bus sent to itself has arrived and every taken message is finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._wait_read_back(deadline):
+        if not self._wait_read_back(timeout):
             return False
         return self._metrics.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _wait_read_back(self, deadline: float | None) -> bool:
+    def _wait_read_back(self, timeout: float | None) -> bool:
         """Wait until the reader has read back every message this bus sent to itself."""
         with self._awaiting_lock:
-            while self._awaiting:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._awaiting_lock.wait(remaining)
-        return True
+            return self._awaiting_lock.wait_for(lambda: not self._awaiting, timeout)
 
     def health(self) -> dict[str, Any]:
         """Liveness of the reader: connected and subscribed, since when, last message age."""
