@@ -76,6 +76,7 @@ class HandlerRegistry:
         self._by_channel: dict[str, tuple[Handler, ...]] = {}
         self._routes: dict[str, tuple[Handler, ...]] = {}
         self._wildcard: tuple[Handler, ...] = ()
+        self._channels: frozenset[str] = frozenset()
 
     def add(self, channel_id: str, handler: Handler) -> None:
         """Add *handler* for *channel_id* (``"*"`` for every channel)."""
@@ -101,6 +102,7 @@ class HandlerRegistry:
         routes = {cid: handlers + wildcard for cid, handlers in by_channel.items() if cid != WILDCARD}
         # Readers may see the old or the new table, never a half-built one.
         self._by_channel, self._wildcard, self._routes = by_channel, wildcard, routes
+        self._channels = frozenset(by_channel)
 
     def lookup(self, channel_id: str) -> tuple[Handler, ...]:
         """Return the handlers a message on *channel_id* goes to, in registration order."""
@@ -108,7 +110,7 @@ class HandlerRegistry:
 
     def channels(self) -> frozenset[str]:
         """The channel ids (and ``"*"``) that have at least one handler."""
-        return frozenset(self._by_channel)
+        return self._channels
 
 
 class _Stop:

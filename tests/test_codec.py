@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -162,3 +163,58 @@ messages = st.builds(
 @given(messages)
 def test_any_message_survives_encode_then_decode(message: Message) -> None:
     assert codec.decode(codec.encode(message)) == message
+
+
+def converter_path(obj: dict[str, Any]) -> Message | None:
+    try:
+        message: Message = codec.converter.structure(codec._GO_ZERO_FIELDS | obj, Message)
+    except Exception:
+        return None
+    return message
+
+
+def fast_path_agrees(obj: object) -> None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("channel_id"), str):
+        return  # decode() rejects these before either path
+    fast = codec._build_plain(obj)
+    if fast is not None:
+        attrs.validate(fast)
+        assert fast == converter_path(obj)
+        assert [getattr(fast, name) for name in FIELDS] == [
+            getattr(converter_path(obj), name) for name in FIELDS
+        ]
+
+
+@pytest.mark.parametrize("case", VECTORS["decode"] + VECTORS["reject"], ids=lambda c: c["name"])
+def test_the_fast_decode_path_agrees_with_the_converter_on_go_payloads(case: dict[str, Any]) -> None:
+    try:
+        obj = json.loads(case["wire"])
+    except ValueError:
+        return
+    fast_path_agrees(obj)
+
+
+field_values = (
+    st.none()
+    | st.text(max_size=5)
+    | st.sampled_from(["", "text", "image", "hologram", "2026-01-02T03:04:05.123456789+05:30", "a b", "*"])
+    | st.integers()
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+    | st.datetimes(timezones=st.just(timezone.utc)).map(codec.format_timestamp)
+)
+
+
+wire_objects = st.builds(
+    lambda message, changes: json.loads(codec.encode(message)) | changes,
+    messages,
+    st.dictionaries(st.sampled_from([*FIELDS, "extra"]), field_values, max_size=2),
+)
+
+
+@given(wire_objects)
+def test_the_fast_decode_path_agrees_with_the_converter_on_any_fields(obj: dict[str, Any]) -> None:
+    fast_path_agrees(obj)
+    if codec._build_plain(obj) is None and converter_path(obj) is not None:
+        # Only null fields, which the fast path leaves to the converter, may take the long way.
+        assert any(obj.get(name) is None for name in obj if name not in {"data", "timestamp"})
