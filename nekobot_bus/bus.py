@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 from ._options import Section
-from .dispatch import Direction, Dispatcher, Handler, HandlerRegistry
+from .dispatch import Direction, Dispatcher, Handler, HandlerRegistry, Settle
 from .errors import BusClosedError, ConfigError
 from .message import Message
 from .metrics import Metrics
@@ -91,6 +91,7 @@ class Bus(abc.ABC):
                 queue_size=queue_size,
                 inline=dispatch == "inline",
                 thread_prefix=f"nekobot-bus-{self.type_name}",
+                settle=self._settle_hook(d),
             )
             for d in Direction
         }
@@ -135,6 +136,7 @@ class Bus(abc.ABC):
             alive = self._stop_transport(deadline, drain=drain)
             for dispatcher in self._dispatchers.values():
                 alive += dispatcher.stop(deadline, drain=drain)
+            alive += self._close_transport(deadline)
             return not alive
 
     def __enter__(self) -> Bus:
@@ -230,6 +232,14 @@ class Bus(abc.ABC):
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         """Disconnect by *deadline*; return the transport's threads still alive."""
         return []
+
+    def _close_transport(self, deadline: float) -> list[threading.Thread]:
+        """Release what the workers needed until they stopped; return threads still alive."""
+        return []
+
+    def _settle_hook(self, direction: Direction) -> Settle | None:
+        """The :data:`~nekobot_bus.dispatch.Settle` callback of *direction*'s dispatcher, if any."""
+        return None
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:  # noqa: B027
         """Called after each registration change with the channels that have handlers."""

@@ -33,19 +33,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from ._threads import join_all
 from .errors import BusClosedError, BusFullError
 from .message import WILDCARD, Message, validate_channel_id
 from .metrics import Metrics
 
-__all__ = ["Direction", "Dispatcher", "Handler", "HandlerRegistry"]
+__all__ = ["Direction", "Dispatcher", "Handler", "HandlerRegistry", "Settle"]
 
 logger = logging.getLogger("nekobot_bus.dispatch")
 
 #: A handler receives the message; what it returns is ignored, raising is a failure.
 Handler = Callable[[Message], object]
+
+#: Called on the worker after the handlers of a message ran, with the ticket
+#: the transport gave it and the handlers that raised; see :class:`Dispatcher`.
+Settle = Callable[[Message, object, list[tuple[Handler, Exception]]], None]
 
 
 class Direction(str, enum.Enum):
@@ -120,6 +124,9 @@ class _Stop:
 
 _STOP: Final = _Stop()
 
+# What a queue holds besides _STOP: the message and its transport's ticket.
+_Item = tuple[Message, object]
+
 
 class _QueueClosed(Exception):
     pass
@@ -181,6 +188,10 @@ class Dispatcher:
         Messages submitted before :meth:`start` wait in one queue and are
         handled by :meth:`start`.
     :param thread_prefix: threads are named ``{thread_prefix}-{direction}-{n}``.
+    :param settle: called after the handlers of each message ran (or found
+        none), before it counts as finished, with the ticket the transport
+        passed to :meth:`offer`: the Redis queue delivery acknowledges or
+        retries there. A message that is dropped is never settled.
     """
 
     def __init__(
@@ -193,8 +204,10 @@ class Dispatcher:
         queue_size: int,
         inline: bool = False,
         thread_prefix: str = "nekobot-bus",
+        settle: Settle | None = None,
     ) -> None:
         self.direction = direction
+        self._settle = settle
         self._registry = registry
         self._metrics = metrics
         self._inline = inline
@@ -231,15 +244,17 @@ class Dispatcher:
         if self._inline:
             self._submit_inline(message)
             return
-        self._put(self._queue_for(message), message, timeout)
+        self._put(self._queue_for(message), (message, None), timeout)
 
     def _queue_for(self, message: Message) -> _WorkQueue:
         # The session's worker, always the same one: that keeps its order.
         queues = self._queues
         return queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
 
-    def offer(self, message: Message) -> None:
+    def offer(self, message: Message, ticket: object = None) -> bool:
         """Take *message* if its worker's queue has room, else count it ``dropped``.
+
+        :returns: whether the message was taken.
 
         For transports that must never block (the Redis reader): a reader that
         waited would let the server's output buffer grow until it cuts the
@@ -247,7 +262,7 @@ class Dispatcher:
         """
         q = self._queue_for(message)
         try:
-            q.put_nowait(message)
+            q.put_nowait((message, ticket))
         except queue.Full:
             self._metrics.accepted(self._accepted_key)
             self._metrics.finished(self._dropped_key)
@@ -258,13 +273,17 @@ class Dispatcher:
                 message.id,
                 message.channel_id,
             )
+            return False
         except _QueueClosed:
             self._metrics.accepted(self._accepted_key)
             self._metrics.finished(self._dropped_key)
+            return False
+        return True
 
-    def _put(self, q: _WorkQueue, message: Message, timeout: float | None) -> None:
+    def _put(self, q: _WorkQueue, item: _Item, timeout: float | None) -> None:
+        message = item[0]
         try:
-            q.put(message, timeout=timeout)
+            q.put(item, timeout=timeout)
         except queue.Full:
             self._metrics.incr("send_timeouts")
             raise BusFullError(
@@ -280,30 +299,48 @@ class Dispatcher:
                 if not self._live:
                     # Nothing drains this queue before start(), so waiting would only
                     # stall the caller: a full backlog fails at once.
-                    self._put(self._queues[0], message, timeout=0)
+                    self._put(self._queues[0], (message, None), timeout=0)
                     return
         if self._discarding:
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
         self._metrics.accepted(self._accepted_key)
-        self._deliver(message)
+        self._deliver(message, None)
 
     # -- handling ---------------------------------------------------------
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: Message, ticket: object) -> None:
         handlers = self._registry.lookup(message.channel_id)
-        if not handlers:
+        failures: list[tuple[Handler, Exception]] = []
+        if handlers:
+            failures = self.run_handlers(message, handlers)
+        else:
             logger.debug(
                 "no %s handler for channel %r; message %r counted",
                 self.direction,
                 message.channel_id,
                 message.id,
             )
-            self._metrics.finished(self._no_handler_key)
-            return
+        if self._settle is not None:
+            try:
+                self._settle(message, ticket, failures)
+            except Exception:
+                self._metrics.incr("errors")
+                logger.exception("settling %s message %r failed", self.direction, message.id)
+        self._metrics.finished(self._handled_key if handlers else self._no_handler_key)
+
+    def run_handlers(
+        self, message: Message, handlers: tuple[Handler, ...]
+    ) -> list[tuple[Handler, Exception]]:
+        """Call each of *handlers* in its own ``try``; return those that raised, with the error.
+
+        Each failure is logged and counted in ``errors``.
+        """
+        failures: list[tuple[Handler, Exception]] = []
         for handler in handlers:
             try:
                 handler(message)
-            except Exception:
+            except Exception as exc:
+                failures.append((handler, exc))
                 self._metrics.incr("errors")
                 logger.exception(
                     "%s handler %r failed on message %r (channel %r)",
@@ -312,7 +349,7 @@ class Dispatcher:
                     message.id,
                     message.channel_id,
                 )
-        self._metrics.finished(self._handled_key)
+        return failures
 
     def _work(self, q: _WorkQueue) -> None:
         # Blocks without a timeout on purpose: seal() always delivers the
@@ -322,11 +359,11 @@ class Dispatcher:
             item = get()
             if item is _STOP:
                 return
-            assert isinstance(item, Message)
+            message, ticket = cast("_Item", item)
             if self._discarding:
                 self._metrics.finished(self._dropped_key)
             else:
-                self._deliver(item)
+                self._deliver(message, ticket)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -346,8 +383,8 @@ class Dispatcher:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-                assert isinstance(item, Message)
-                self._deliver(item)
+                message, ticket = cast("_Item", item)
+                self._deliver(message, ticket)
             self._live = True
 
     def stop(self, deadline: float, *, drain: bool) -> list[threading.Thread]:

@@ -70,11 +70,24 @@ def redis_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis"])
+def queue_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
+    """A queue-delivery config for *server*: short claim and retry times for fault tests."""
+    return redis_config(
+        server, delivery="queue", claim_idle=1.0, retry_backoff=0.05, **{"max_deliveries": 1, **bus}
+    )
+
+
+@pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis", "redis-queue"])
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The config of each backend the contract tests run against."""
+    """The config of each backend the contract tests run against.
+
+    The queue delivery runs them with ``max_deliveries: 1``: the contract's
+    failing handler is not retried, as on the other backends.
+    """
     if request.param == "redis":
         return redis_config(request.getfixturevalue("redis_server"))
+    if request.param == "redis-queue":
+        return queue_config(request.getfixturevalue("redis_server"))
     return LOCAL_BACKENDS[str(request.param)]
 
 

@@ -49,13 +49,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .. import codec
 from .._options import Section
@@ -71,29 +68,24 @@ from ..errors import (
     UnroutedMessageError,
 )
 from ..message import WILDCARD, Message
+from ._redis_common import (
+    DEFAULT_PREFIX,
+    CommandRunner,
+    check_prefix,
+    client_options,
+    connection_config,
+    make_client,
+    redact,
+)
+from .redis_streams import RedisStreamBus
 
 __all__ = ["DEFAULT_PREFIX", "RedisBus"]
 
 logger = logging.getLogger("nekobot_bus.redis")
 
-DEFAULT_PREFIX = "nekobot:bus:"
-
-_GLOB = set("*?[]\\")
-_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 # How long one read of the subscriber connection waits; it bounds how late the
 # reader notices a stop, a registration or a silent connection.
 _READ_TIMEOUT = 0.25
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    if parts.username:
-        netloc = f"{quote(parts.username)}@{netloc}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 class RedisBus(Bus):
@@ -143,28 +135,19 @@ class RedisBus(Bus):
         super().__init__(**bus_options)
         if self.dispatch != "threaded":
             raise ConfigError("dispatch 'inline' is for the local bus; the Redis reader never runs handlers")
-        if _GLOB & set(prefix):
-            raise ConfigError(f"redis prefix {prefix!r} must not contain glob characters * ? [ ] \\")
-        self.prefix = prefix
-        self.address = _redact(url)
+        self.prefix = check_prefix(prefix)
+        self.address = redact(url)
         self.health_check_interval = health_check_interval
         self.health_check_timeout = health_check_timeout
         self.raise_on_unrouted = raise_on_unrouted
         self.max_message_size = max_message_size
-        options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
-        options.update(redis_options or {})
-        # Our own code decides when to retry; redis-py's retries would re-send
-        # a PUBLISH that may already have gone out, and would hide outages.
-        options["retry"] = Retry(NoBackoff(), 0)
+        options = client_options(redis_options)
+        self._client = make_client(url, self.address, **options)
+        self._runner = CommandRunner(self._client, self.address, self._metrics, self.send_timeout)
         # The reader speaks RESP2 on a bare connection of its own: subscriber
         # messages are then plain arrays, read without redis-py's PubSub layer
         # (a tenth of its cost per message).
-        reader_options = options | {"protocol": 2, "decode_responses": False}
-        try:
-            self._client = redis.Redis.from_url(url, **options)
-            self._reader_pool = redis.ConnectionPool.from_url(url, **reader_options)
-        except ValueError as exc:
-            raise ConfigError(f"redis url {self.address!r} is not usable: {exc}") from None
+        self._reader_pool = redis.ConnectionPool.from_url(url, **options, protocol=2, decode_responses=False)
         self._channel_names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._wake_channel = f"{prefix}wake:{uuid.uuid4().hex}"
         self._stopping = threading.Event()
@@ -192,30 +175,14 @@ class RedisBus(Bus):
     # -- config -----------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> RedisBus:
+    def from_config(cls, config: Mapping[str, Any]) -> Bus:
         bus, gateway = Section("bus", config.get("bus")), Section("gateway", config.get("gateway"))
         go_redis = Section("redis", config.get("redis"))
         options = cls.dispatch_options(bus, gateway)
-        delivery = bus.text("delivery", "fanout", choices=("fanout",))
-        del delivery  # the queue delivery comes with Redis Streams
-        url = bus.text("redis_url", "") if "redis_url" in bus else ""
-        if not url:
-            addr = bus.text("redis_addr", "") or go_redis.text("addr", "localhost:6379")
-            password = bus.text("redis_password", "") or go_redis.text("password", "")
-            db = (
-                bus.integer("redis_db", 0, minimum=0)
-                if "redis_db" in bus
-                else go_redis.integer("db", 0, minimum=0)
-            )
-            auth = f":{quote(password, safe='')}@" if password else ""
-            url = f"redis://{auth}{addr}/{db}"
-        elif any(key in bus for key in ("redis_addr", "redis_password", "redis_db")):
-            raise ConfigError("bus.redis_url and bus.redis_addr/redis_password/redis_db exclude each other")
-        prefix = bus.text("redis_prefix", "") or bus.text("prefix", DEFAULT_PREFIX)
-        redis_options: dict[str, Any] = {}
-        for key in ("socket_timeout", "socket_connect_timeout"):
-            if key in bus:
-                redis_options[key] = bus.seconds(key)
+        delivery = bus.text("delivery", "fanout", choices=("fanout", "queue"))
+        if delivery == "queue":
+            return RedisStreamBus.from_sections(bus, go_redis, options)
+        url, prefix, redis_options = connection_config(bus, go_redis)
         bus_only: dict[str, Any] = {
             "health_check_interval": bus.seconds("health_check_interval", 1.0) or 1.0,
             "health_check_timeout": bus.seconds("health_check_timeout", 2.0) or 2.0,
@@ -364,36 +331,13 @@ class RedisBus(Bus):
             if not self._awaiting:
                 self._awaiting_lock.notify_all()
 
-    def _publish(self, channels: Sequence[str], payloads: Sequence[bytes]) -> list[int]:
-        pool = self._client.connection_pool
-        timeout = self.send_timeout if self.send_timeout is not None else 30.0
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            try:
-                conn = pool.get_connection()
-            except _REDIS_ERRORS as exc:
-                self._metrics.incr("connection_errors")
-                if time.monotonic() + delay > deadline:
-                    raise BusConnectionError(
-                        f"Redis at {self.address} unreachable for {timeout} s: {exc}; nothing was sent"
-                    ) from exc
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 1.0)
-                continue
-            try:
-                commands = [("PUBLISH", ch, body) for ch, body in zip(channels, payloads, strict=True)]
-                conn.send_packed_command(conn.pack_commands(commands))
-                return [int(conn.read_response()) for _ in commands]
-            except _REDIS_ERRORS as exc:
-                self._metrics.incr("connection_errors")
-                conn.disconnect()
-                raise BusConnectionError(
-                    f"connection to Redis at {self.address} broke while publishing {len(commands)} "
-                    f"message(s); they may or may not have been delivered: {exc}"
-                ) from exc
-            finally:
-                pool.release(conn)
+    def _publish(self, channels: list[str], payloads: list[bytes]) -> list[int]:
+        commands = [("PUBLISH", ch, body) for ch, body in zip(channels, payloads, strict=True)]
+        replies = self._runner.run(commands, f"publishing {len(commands)} message(s)")
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BusConnectionError(f"Redis at {self.address} refused PUBLISH: {reply}")
+        return [int(reply) for reply in replies]
 
     # -- reading ----------------------------------------------------------
 
