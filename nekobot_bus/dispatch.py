@@ -280,6 +280,23 @@ class Dispatcher:
             return False
         return True
 
+    def put_waiting(self, message: Message, ticket: object, timeout: float) -> bool:
+        """Take *message* once its worker's queue has room, waiting up to *timeout* seconds.
+
+        For transports that can hold a message back without losing it (the
+        queue delivery's reader): a ``False`` is counted nowhere, the caller
+        still owns the message. Also ``False`` once the dispatcher is stopped.
+        """
+        try:
+            self._queue_for(message).put((message, ticket), timeout=timeout)
+        except (queue.Full, _QueueClosed):
+            return False
+        return True
+
+    def room(self) -> int:
+        """How many more messages the queues can take now, all workers together."""
+        return sum(q.maxsize - q.qsize() for q in self._queues)
+
     def _put(self, q: _WorkQueue, item: _Item, timeout: float | None) -> None:
         message = item[0]
         try:

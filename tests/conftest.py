@@ -72,9 +72,7 @@ def redis_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
 
 def queue_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
     """A queue-delivery config for *server*: short claim and retry times for fault tests."""
-    return redis_config(
-        server, delivery="queue", claim_idle=1.0, retry_backoff=0.05, **{"max_deliveries": 1, **bus}
-    )
+    return redis_config(server, **{"delivery": "queue", "claim_idle": 1.0, "retry_backoff": 0.05, **bus})
 
 
 @pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis", "redis-queue"])
@@ -87,7 +85,7 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "redis":
         return redis_config(request.getfixturevalue("redis_server"))
     if request.param == "redis-queue":
-        return queue_config(request.getfixturevalue("redis_server"))
+        return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1)
     return LOCAL_BACKENDS[str(request.param)]
 
 

@@ -435,12 +435,20 @@ class RedisStreamBus(Bus):
                     self._seen_generation = generation
                     self._subs.notify_all()
             if now >= next_claim:
-                self._renew_and_claim(conn, streams[:-1])
+                self._renew_held()
+                self._claim(conn, streams[:-1])
                 next_claim = now + self.claim_idle / 4
+            # Read no more than the workers have room for: entries left in
+            # Redis wait safely, while a full queue would have to drop them.
+            room = min(self._dispatchers[d].room() for d in Direction)
+            count = min(_READ_COUNT, room // len(streams))
+            if count < 1:
+                self._stopping.wait(0.01)
+                continue
             try:
                 reply = _call(
                     conn,
-                    "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", _READ_COUNT,
+                    "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
                     "BLOCK", int(_BLOCK * 1000), "STREAMS", *streams, *[">"] * len(streams),
                 )  # fmt: skip
             except redis.ResponseError as exc:
@@ -479,8 +487,8 @@ class RedisStreamBus(Bus):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def _renew_and_claim(self, conn: Any, streams: list[str]) -> None:
-        idle_ms = int(self.claim_idle * 1000)
+    def _renew_held(self) -> None:
+        """Renew the entries the workers still hold, so a slow handler is not taken for a dead one."""
         now = time.monotonic()
         stale: dict[str, list[bytes]] = defaultdict(list)
         with self._held_lock:
@@ -488,10 +496,18 @@ class RedisStreamBus(Bus):
                 if now - since > self.claim_idle / 4:
                     stale[stream].append(entry_id)
                     self._held[(stream, entry_id)] = now
+        if stale:
+            # JUSTID: resets the idle time without counting a delivery.
+            self._runner.run(
+                [("XCLAIM", s, self.group, self.consumer, 0, *ids, "JUSTID") for s, ids in stale.items()],
+                "renewing held entries",
+            )
+
+    def _claim(self, conn: Any, streams: list[str]) -> None:
+        """Take over entries other consumers (dead ones, presumably) left idle for ``claim_idle``."""
+        idle_ms = int(self.claim_idle * 1000)
+        with self._held_lock:
             held = set(self._held)
-        for stream, ids in stale.items():
-            # Still being handled here: renewing resets the idle time others judge us by.
-            _call(conn, "XCLAIM", stream, self.group, self.consumer, 0, *ids, "JUSTID")
         for stream in streams:
             rows = _call(conn, "XPENDING", stream, self.group, "IDLE", idle_ms, "-", "+", _READ_COUNT)
             deliveries = {
@@ -545,14 +561,20 @@ class RedisStreamBus(Bus):
             self._metrics.incr(f"claimed_{suffix}", len(ready))
         if self.dedup_window and ready:
             ready = self._without_duplicates(ready)
-        now = time.monotonic()
         dispatcher = self._dispatchers[direction]
-        for message, entry in ready:
+        renewed = time.monotonic()
+        for n, (message, entry) in enumerate(ready):
             with self._held_lock:
-                self._held[(stream, entry.entry_id)] = now
+                self._held[(stream, entry.entry_id)] = time.monotonic()
             self._metrics.incr(f"pending_{suffix}")
-            if not dispatcher.offer(message, entry):
-                self._release(entry)  # stays pending in Redis: claimed again later
+            while not dispatcher.put_waiting(message, entry, 0.05):
+                if self._stopping.is_set():
+                    for _, left in ready[n:]:
+                        self._release(left)  # still pending in Redis: claimed by the group later
+                    return
+                if time.monotonic() - renewed > self.claim_idle / 4:
+                    self._renew_held()
+                    renewed = time.monotonic()
 
     def _done_key(self, message_id: str) -> str:
         return f"{self.prefix}done:{self.group}:{message_id}"
@@ -681,8 +703,8 @@ class RedisStreamBus(Bus):
             logger.warning("acknowledging failed (%s); retrying", exc)
             return False
         for entry in batch:
-            self._release(entry)
             self._metrics.incr(f"acked_{entry.direction.suffix}")
+            self._release(entry)  # last: wait_idle() waits for nothing held
         return True
 
     # -- observing --------------------------------------------------------
@@ -728,7 +750,12 @@ class RedisStreamBus(Bus):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             # Local, then Redis, then local again: an acknowledgement can reach
             # Redis a moment before its worker counts the message finished.
-            if self._metrics.wait_idle(left) and self._groups_idle() and self._metrics.wait_idle(0):
+            if (
+                self._metrics.wait_idle(left)
+                and self._groups_idle()
+                and self._metrics.wait_idle(0)
+                and not self._held
+            ):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False

@@ -1,0 +1,65 @@
+"""An agent process of the queue-delivery tests.
+
+``python -m tests.queue_agent ADDR PREFIX LOG [--delay S] [--dedup S] [--channels A,B]``
+joins group ``agents`` and handles every inbound message by appending
+``<message id> <content>`` to LOG, a line per message, flushed at once so
+that a SIGKILL loses nothing it wrote. It prints ``ready`` once reading and,
+at end of input, stops and prints its metrics as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+from nekobot_bus import Message, create_bus
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("addr")
+    parser.add_argument("prefix")
+    parser.add_argument("log")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each message takes")
+    parser.add_argument("--dedup", type=float, default=0.0, help="dedup_window")
+    parser.add_argument("--channels", default="*", help="comma-separated channels to handle")
+    args = parser.parse_args()
+    bus = create_bus(
+        {
+            "bus": {
+                "type": "redis",
+                "delivery": "queue",
+                "redis_addr": args.addr,
+                "prefix": args.prefix,
+                "group": "agents",
+                "claim_idle": 1.0,
+                "dedup_window": args.dedup,
+                "health_check_timeout": 1.0,
+            },
+            "gateway": {"message_queue_size": 1000},
+        }
+    )
+    lock = threading.Lock()
+    with open(args.log, "a", encoding="utf-8") as log:
+
+        def handle(message: Message) -> None:
+            if args.delay:
+                time.sleep(args.delay)
+            with lock:
+                log.write(f"{message.id} {message.content}\n")
+                log.flush()
+
+        for channel in args.channels.split(","):
+            bus.register_inbound_handler(channel, handle)
+        with bus:
+            print("ready", flush=True)
+            sys.stdin.read()
+    print(json.dumps(bus.get_metrics()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,423 @@
+"""The queue delivery (Redis Streams) against real redis-server processes: sharing, crashes, poison."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nekobot_bus import BusConnectionError, Direction, Message, create_bus
+from nekobot_bus.backends.redis_streams import RedisStreamBus
+
+from .conftest import queue_config
+from .redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 20.0
+PREFIX = "nekobot:bus:"
+
+
+@pytest.fixture
+def buses() -> Iterator[list[RedisStreamBus]]:
+    made: list[RedisStreamBus] = []
+    yield made
+    for bus in made:
+        assert bus.stop(timeout=10), f"{bus!r} did not stop in time"
+
+
+def new_bus(made: list[RedisStreamBus], server: RedisServer, **bus: Any) -> RedisStreamBus:
+    created = create_bus(queue_config(server, **bus))
+    assert isinstance(created, RedisStreamBus)
+    made.append(created)
+    return created
+
+
+class Recorder:
+    """A handler that records contents and can be told to fail or block on some."""
+
+    def __init__(self, fail_on: str = "", block_on: str = "", block_for: float = 0.0) -> None:
+        self.contents: list[str] = []
+        self.cond = threading.Condition()
+        self.fail_on = fail_on
+        self.block_on = block_on
+        self.block_for = block_for
+
+    def __call__(self, message: Message) -> None:
+        if message.content == self.block_on:
+            time.sleep(self.block_for)
+        if message.content == self.fail_on:
+            raise RuntimeError(f"cannot handle {message.content}")
+        with self.cond:
+            self.contents.append(message.content)
+            self.cond.notify_all()
+
+    def wait_for_count(self, count: int, timeout: float = WAIT) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.contents) >= count, timeout)
+
+
+def msg(content: str, session: str = "s1", channel: str = "telegram") -> Message:
+    return Message(channel_id=channel, session_id=session, content=content)
+
+
+def test_one_member_of_a_group_handles_each_message_and_each_group_gets_all(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    agents = [Recorder(), Recorder()]
+    audit = Recorder()
+    for recorder in agents:
+        bus = new_bus(buses, redis_server, group="agents")
+        bus.register_inbound_handler("telegram", recorder)
+    audit_bus = new_bus(buses, redis_server, group="audit")
+    audit_bus.register_inbound_handler("*", audit)
+    for bus in buses:
+        bus.start()
+    sent = [str(n) for n in range(300)]
+    buses[0].send_many(Direction.INBOUND, [msg(c, session=f"s{int(c) % 10}") for c in sent])
+    assert audit.wait_for_count(300)
+    for bus in buses:
+        assert bus.wait_idle(WAIT)
+    handled = agents[0].contents + agents[1].contents
+    assert sorted(handled, key=int) == sent
+    assert agents[0].contents, "both members took a share"
+    assert agents[1].contents, "both members took a share"
+    assert sorted(audit.contents, key=int) == sent
+    for recorder in agents:  # one consumer keeps each session's order
+        for session in range(10):
+            mine = [int(c) for c in recorder.contents if int(c) % 10 == session]
+            assert mine == sorted(mine)
+    totals = [bus.get_metrics() for bus in buses]
+    assert sum(m["acked_in"] for m in totals[:2]) == 300
+    assert totals[2]["acked_in"] == 300
+    assert all(m["pending_in"] == 0 for m in totals)
+
+
+def test_messages_sent_while_no_consumer_runs_are_handled_when_one_starts(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    gateway = new_bus(buses, redis_server)
+    for n in range(5):
+        gateway.send_inbound(msg(str(n)))  # no group, no consumer yet
+    recorder = Recorder()
+    agent = new_bus(buses, redis_server)
+    agent.register_inbound_handler("telegram", recorder)
+    with agent:
+        assert recorder.wait_for_count(5)
+        assert agent.wait_idle(WAIT)
+    assert recorder.contents == ["0", "1", "2", "3", "4"]
+
+
+def test_a_failing_message_is_retried_then_dead_lettered_and_the_rest_flow(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    recorder = Recorder(fail_on="poison")
+    bus = new_bus(buses, redis_server, max_deliveries=3, retry_backoff=0.05)
+    bus.register_inbound_handler("telegram", recorder)
+    bus.start()
+    bus.send_many(Direction.INBOUND, [msg("before"), msg("poison"), msg("after")])
+    assert recorder.wait_for_count(2)
+    assert bus.wait_idle(WAIT)
+    assert recorder.contents == ["before", "after"]
+    raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
+    [(_, fields)] = raw.xrange(bus.dead_letter_name(Direction.INBOUND, "telegram"))
+    assert json.loads(fields[b"message"])["content"] == "poison"
+    assert b"cannot handle poison" in fields[b"error"]
+    assert b"delivery 3" in fields[b"error"]
+    assert fields[b"group"] == b"nekobot"
+    m = bus.get_metrics()
+    assert (m["errors"], m["redelivered_in"], m["dead_lettered_in"], m["acked_in"]) == (3, 2, 1, 2)
+    assert m["messages_in"] == m["handled_in"] == 3
+    # Dead-lettering acknowledged it: nothing is left pending in the group.
+    assert (
+        redis_server.client().xpending(bus.stream_name(Direction.INBOUND, "telegram"), "nekobot")["pending"]
+        == 0
+    )
+
+
+def test_an_entry_that_keeps_killing_its_consumers_is_dead_lettered_without_running(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
+    stream = f"{PREFIX}inbound:telegram"
+    gateway = new_bus(buses, redis_server)
+    gateway.send_inbound(msg("crashes every consumer"))
+    raw.xgroup_create(stream, "nekobot", id="0")
+    [[_, [(entry_id, _)]]] = raw.xreadgroup("nekobot", "ghost-1", {stream: ">"})
+    raw.xclaim(stream, "nekobot", "ghost-2", 0, [entry_id])  # a second consumer died with it
+    recorder = Recorder()
+    agent = new_bus(buses, redis_server, max_deliveries=2, claim_idle=0.2)
+    agent.register_inbound_handler("telegram", recorder)
+    with agent:
+        deadline = time.monotonic() + WAIT
+        while agent.get_metrics()["dead_lettered_in"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.send_inbound(msg("next"))
+        assert recorder.wait_for_count(1)
+    assert recorder.contents == ["next"]
+    [(_, fields)] = raw.xrange(f"{PREFIX}dead:inbound:telegram")
+    assert fields[b"deliveries"] == b"3"
+    assert b"without being acknowledged" in fields[b"error"]
+
+
+def test_garbage_entries_are_counted_and_dead_lettered(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    recorder = Recorder()
+    bus = new_bus(buses, redis_server)
+    bus.register_inbound_handler("telegram", recorder)
+    bus.start()
+    raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
+    stream = bus.stream_name(Direction.INBOUND, "telegram")
+    for garbage in (b"not json", b"[1,2]", b'{"channel_id": 7}'):
+        raw.xadd(stream, {"message": garbage})
+    raw.xadd(stream, {"other": b"field"})
+    bus.send_inbound(msg("good"))
+    assert recorder.wait_for_count(1)
+    assert bus.wait_idle(WAIT)
+    assert recorder.contents == ["good"]
+    m = bus.get_metrics()
+    assert (m["decode_errors"], m["dead_lettered_in"], m["acked_in"]) == (4, 4, 1)
+    assert raw.xlen(f"{PREFIX}dead:inbound:telegram") == 4
+
+
+def test_a_slow_handler_keeps_its_entry_and_nobody_else_takes_it(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    slow = Recorder(block_on="slow", block_for=2.5)  # 2.5 x claim_idle
+    other = Recorder()
+    first = new_bus(buses, redis_server, claim_idle=1.0)
+    first.register_inbound_handler("telegram", slow)
+    first.start()
+    first.send_inbound(msg("slow"))
+    deadline = time.monotonic() + WAIT
+    while first.get_metrics()["pending_in"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = new_bus(buses, redis_server, claim_idle=1.0)
+    second.register_inbound_handler("telegram", other)
+    second.start()
+    assert slow.wait_for_count(1)
+    assert first.wait_idle(WAIT)
+    assert (slow.contents, other.contents) == (["slow"], [])
+    assert second.get_metrics()["claimed_in"] == 0
+
+
+def test_trimmed_pending_entries_are_counted(redis_server: RedisServer, buses: list[RedisStreamBus]) -> None:
+    raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
+    stream = f"{PREFIX}inbound:telegram"
+    new_bus(buses, redis_server).send_many(Direction.INBOUND, [msg(f"old {n}") for n in range(50)])
+    raw.xgroup_create(stream, "nekobot", id="0")
+    [[_, taken]] = raw.xreadgroup("nekobot", "dead-consumer", {stream: ">"}, count=50)
+    assert len(taken) == 50  # pending under a consumer that will never acknowledge
+    trimming = new_bus(buses, redis_server, max_len=10)
+    trimming.send_many(Direction.INBOUND, [msg(f"new {n}") for n in range(400)])
+    assert raw.xlen(stream) <= 10 + 100  # MAXLEN ~ trims whole nodes of up to 100 entries
+    recorder = Recorder()
+    agent = new_bus(buses, redis_server, claim_idle=0.2)
+    agent.register_inbound_handler("telegram", recorder)
+    with agent:
+        deadline = time.monotonic() + WAIT
+        while agent.get_metrics()["trimmed"] < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert agent.get_metrics()["trimmed"] == 50
+    assert not any(c.startswith("old") for c in recorder.contents)
+
+
+def test_killed_connection_and_paused_server_then_delivery_resumes(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    recorder = Recorder()
+    bus = new_bus(buses, redis_server)
+    bus.register_inbound_handler("telegram", recorder)
+    bus.start()
+    bus.send_inbound(msg("first"))
+    assert recorder.wait_for_count(1)
+    raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
+    assert raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") >= 1
+    bus.send_inbound(msg("after kill"))
+    assert recorder.wait_for_count(2)
+    redis_server.pause()
+    time.sleep(3.0)  # past the reader's socket timeout (block + health_check_timeout)
+    redis_server.resume()
+    bus.send_inbound(msg("after pause"))
+    assert recorder.wait_for_count(3)
+    assert recorder.contents == ["first", "after kill", "after pause"]
+    assert bus.get_metrics()["reconnects"] >= 2
+    assert bus.health()["connected"]
+
+
+def test_stop_is_bounded_with_the_server_down(redis_server: RedisServer, buses: list[RedisStreamBus]) -> None:
+    bus = new_bus(buses, redis_server, send_timeout=1.0)
+    bus.register_inbound_handler("telegram", Recorder())
+    bus.start()
+    redis_server.stop()
+    started = time.monotonic()
+    bus.stop(timeout=3.0)
+    assert time.monotonic() - started < 4.0
+    with pytest.raises(Exception, match="stopped"):
+        bus.send_inbound(msg("late"))
+
+
+def test_nothing_sent_is_lost_across_a_redis_restart_with_persistence(
+    tmp_path: Path, buses: list[RedisStreamBus]
+) -> None:
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    try:
+        recorder = Recorder()
+        agent = new_bus(buses, server, dedup_window=60)
+        agent.register_inbound_handler("telegram", recorder)
+        agent.start()
+        gateway = new_bus(buses, server, send_timeout=10.0)
+        sent: list[str] = []
+        unsure: list[str] = []
+        for n in range(600):
+            if n == 300:
+                server.restart()  # SIGKILL, then the same port and data directory
+            try:
+                gateway.send_inbound(msg(str(n), session=f"s{n % 8}"))
+                sent.append(str(n))
+            except BusConnectionError:
+                unsure.append(str(n))
+        deadline = time.monotonic() + WAIT
+        while not set(sent) <= set(recorder.contents) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        missing = set(sent) - set(recorder.contents)
+        assert not missing, f"{len(missing)} acknowledged sends never handled"
+        assert set(recorder.contents) <= set(sent) | set(unsure)
+        assert agent.get_metrics()["reconnects"] >= 1
+        assert agent.wait_idle(WAIT)
+    finally:
+        for bus in buses:
+            bus.stop(timeout=5)
+        server.stop()
+
+
+class Agent:
+    """One ``tests.queue_agent`` process."""
+
+    def __init__(self, server: RedisServer, log: Path, *args: str) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.queue_agent", server.addr, PREFIX, str(log), *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def handled(self) -> list[str]:
+        if not self.log.exists():
+            return []
+        return [line.split(" ", 1)[0] for line in self.log.read_text().splitlines() if line]
+
+    def finish(self) -> dict[str, int]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()
+        assert self.proc.wait(WAIT) == 0
+        self.proc.stdout.close()
+        metrics: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+        return metrics
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(WAIT)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    def ensure_dead(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+def wait_until_handled(agents: list[Agent], ids: set[str], timeout: float) -> Counter[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = Counter(i for agent in agents for i in agent.handled())
+        if ids <= set(counts) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
+def test_three_agent_processes_share_10000_messages_from_two_gateways(
+    redis_server: RedisServer, tmp_path: Path, buses: list[RedisStreamBus]
+) -> None:
+    agents = [
+        Agent(redis_server, tmp_path / f"agent{n}.log", "--dedup", "60", "--channels", "telegram,discord")
+        for n in range(3)
+    ]
+    try:
+        gateways = [new_bus(buses, redis_server) for _ in range(2)]
+        sent: dict[str, list[Message]] = {
+            channel: [
+                msg(f"{channel} {n}", session=f"{channel}:{n % 50}", channel=channel) for n in range(5000)
+            ]
+            for channel in ("telegram", "discord")
+        }
+
+        def produce(bus: RedisStreamBus, messages: list[Message]) -> None:
+            for i in range(0, len(messages), 500):
+                bus.send_many(Direction.INBOUND, messages[i : i + 500])
+
+        producers = [
+            threading.Thread(target=produce, args=(bus, batch), name=f"gateway-{n}")
+            for n, (bus, batch) in enumerate(zip(gateways, sent.values(), strict=True))
+        ]
+        for p in producers:
+            p.start()
+        for p in producers:
+            p.join(WAIT)
+        ids = {m.id for batch in sent.values() for m in batch}
+        counts = wait_until_handled(agents, ids, 40.0)
+        assert set(counts) == ids
+        assert max(counts.values()) == 1, "a message was handled twice"
+        metrics = [agent.finish() for agent in agents]
+    finally:
+        for agent in agents:
+            agent.ensure_dead()
+    assert all(m["handled_in"] > 0 for m in metrics), "every agent took a share"
+    assert sum(m["handled_in"] for m in metrics) == 10_000
+    assert sum(m["acked_in"] for m in metrics) == 10_000
+    assert all(m["pending_in"] == 0 and m["errors"] == 0 for m in metrics)
+
+
+def test_an_agent_killed_mid_burst_loses_nothing(
+    redis_server: RedisServer, tmp_path: Path, buses: list[RedisStreamBus]
+) -> None:
+    agents = [Agent(redis_server, tmp_path / f"agent{n}.log", "--delay", "0.005") for n in range(3)]
+    try:
+        gateway = new_bus(buses, redis_server)
+        burst = [msg(str(n), session=f"s{n % 40}") for n in range(600)]
+        gateway.send_many(Direction.INBOUND, burst)
+        deadline = time.monotonic() + WAIT
+        while len(agents[0].handled()) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        agents[0].kill()
+        killed_at = time.monotonic()
+        ids = {m.id for m in burst}
+        counts = wait_until_handled(agents, ids, 15.0)
+        took = time.monotonic() - killed_at
+        assert set(counts) == ids, f"{len(ids - set(counts))} messages never handled"
+        # Only what the killed agent had handled but not yet acknowledged runs twice.
+        twice = {i for i, n in counts.items() if n > 1}
+        assert twice <= set(agents[0].handled())
+        assert took < 1.0 + 10.0  # claim_idle plus a margin for this shared machine
+        survivors = [agent.finish() for agent in agents[1:]]
+    finally:
+        for agent in agents:
+            agent.ensure_dead()
+    assert sum(m["claimed_in"] for m in survivors) >= 1
