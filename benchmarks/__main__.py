@@ -13,6 +13,7 @@ import redis
 from ._stats import render_table
 from .local import run_local
 from .redis_fanout import run_redis
+from .redis_queue import run_redis_queue
 
 # (ratio key, description, target, "max" or "min")
 TARGETS = [
@@ -21,6 +22,8 @@ TARGETS = [
     ("inline_overhead_us", "inline send - direct call, us per message", 2.0, "max"),
     ("redis_p50_vs_bare", "Redis fan-out p50 / bare redis-py pub/sub p50", 1.5, "max"),
     ("redis_batched_rate", "Redis batched sends, messages/s end to end", 30_000, "min"),
+    ("queue_p50_vs_fanout", "Redis queue p50 / Redis fan-out p50", 3.0, "max"),
+    ("queue_rate", "Redis queue, 1 producer 2 consumers, messages/s", 10_000, "min"),
 ]
 
 
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.redis_url != "none":
         try:
             redis_results, redis_ratios = run_redis(args.redis_url, min(args.count, 2000))
+            queue_results, queue_ratios = run_redis_queue(args.redis_url, min(args.count, 2000))
+            redis_results += queue_results
+            redis_ratios.update(queue_ratios)
         except redis.ConnectionError as exc:
             print(
                 f"Redis at {args.redis_url} is not reachable ({exc}); Redis lines left out. "
