@@ -1,4 +1,1 @@
-"""Latency and throughput of nekobot_bus against raw baselines, in one run.
-
-Run from a checkout: ``python -m benchmarks`` (see ``--help``).
-"""
+"""``python -m benchmarks``: the benchmark of a checkout; the code is :mod:`nekobot_bus.bench`."""

@@ -14,14 +14,16 @@ import uuid
 
 import redis
 
-from nekobot_bus import Direction, Message
-from nekobot_bus.backends.redis import RedisBus
-from nekobot_bus.backends.redis_streams import RedisStreamBus
+from ..backends.redis import RedisBus
+from ..backends.redis_streams import RedisStreamBus
+from ..dispatch import Direction
+from ..message import Message
+from ._measure import bus_latency, bus_load, messages, now, peak_mib
+from ._options import BenchOptions
+from ._progress import Progress
+from ._stats import REDIS_CLAIM, Result
 
-from ._measure import bus_latency, messages, now
-from ._stats import Result
-
-__all__ = ["run_redis_queue"]
+__all__ = ["run_redis_queue", "steps_redis_queue"]
 
 
 def _cleanup(url: str, prefix: str) -> None:
@@ -32,7 +34,7 @@ def _cleanup(url: str, prefix: str) -> None:
     client.close()
 
 
-def queue_throughput(url: str, count: int, consumers: int = 2, batch: int = 500) -> float:
+def queue_throughput(url: str, count: int, payload_size: int, consumers: int = 2, batch: int = 500) -> float:
     """Messages per second from one producer through *consumers* buses of one group."""
     prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
     handled = threading.Semaphore(0)
@@ -49,7 +51,7 @@ def queue_throughput(url: str, count: int, consumers: int = 2, batch: int = 500)
         for bus in buses:
             bus.register_inbound_handler("bench", handler)
             bus.start()
-        batches = messages(count)
+        batches = messages(count, payload_size)
         started = now()
         for i in range(0, count, batch):
             producer.send_many(Direction.INBOUND, batches[i : i + batch])
@@ -65,28 +67,55 @@ def queue_throughput(url: str, count: int, consumers: int = 2, batch: int = 500)
     return count / elapsed
 
 
-def run_redis_queue(url: str, count: int = 2000, rounds: int = 3) -> tuple[list[Result], dict[str, float]]:
-    """Measure; raise redis.ConnectionError if *url* is not reachable."""
+def steps_redis_queue(options: BenchOptions) -> int:
+    """How many progress steps :func:`run_redis_queue` takes."""
+    return options.rounds + 1 if "redis-queue" in options.backends else 0
+
+
+def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Result], dict[str, float]]:
+    """Measure the queue delivery; raise redis.ConnectionError if the server is not reachable."""
+    url, size = options.redis_url, options.payload_size
+    count = min(options.count, 2000)
     redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    fanout: list[float] = []
     queued: list[float] = []
     p50_fanout, p50_queue, rates = [], [], []
-    per_round = max(100, count // rounds)
-    for _ in range(rounds):
+    per_round = max(100, count // options.rounds)
+    for _ in range(options.rounds):
         prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
-        f = bus_latency(RedisBus(url, prefix=prefix, workers=1), per_round)
-        q = bus_latency(RedisStreamBus(url, prefix=prefix, workers=1), per_round)
+        f = bus_latency(RedisBus(url, prefix=prefix, workers=1), per_round, size)
+        q = bus_latency(RedisStreamBus(url, prefix=prefix, workers=1), per_round, size)
         _cleanup(url, prefix)
-        fanout += f
         queued += q
         p50_fanout.append(statistics.median(f))
         p50_queue.append(statistics.median(q))
-        rates.append(queue_throughput(url, 20_000))
+        rates.append(queue_throughput(url, 20_000, size))
+        progress.step("redis queue")
+    prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
+    try:
+        one, _ = bus_load(_bus(url, prefix, 1), _bus(url, prefix, options.workers), count, payload_size=size)
+        many, _ = bus_load(
+            _bus(url, prefix, 1),
+            _bus(url, prefix, options.workers),
+            count,
+            producers=options.producers,
+            payload_size=size,
+        )
+        peak = peak_mib(lambda: queue_throughput(url, count, size))
+    finally:
+        _cleanup(url, prefix)
+    progress.step("redis queue, producers")
     results = [
-        Result("RedisStreamBus queue", queued, statistics.median(rates), "rate: 1 producer, 2 consumers"),
+        Result("RedisStreamBus queue", queued, one, many, peak, REDIS_CLAIM),
+        Result(
+            "RedisStreamBus queue, send_many", rate=statistics.median(rates), note="1 producer, 2 consumers"
+        ),
     ]
     ratios = {
         "queue_p50_vs_fanout": statistics.median(p50_queue) / statistics.median(p50_fanout),
         "queue_rate": statistics.median(rates),
     }
     return results, ratios
+
+
+def _bus(url: str, prefix: str, workers: int) -> RedisStreamBus:
+    return RedisStreamBus(url, prefix=prefix, workers=workers, queue_size=1000)

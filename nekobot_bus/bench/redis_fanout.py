@@ -1,0 +1,167 @@
+"""RedisBus fan-out against bare redis-py publish/subscribe and kombu, in the same run.
+
+Latency is one message at a time, send to handler, as in
+:mod:`nekobot_bus.bench.local`. The baseline is a bare ``PUBLISH`` of the
+same JSON, read by a bare redis-py subscriber thread on the same server.
+Both run at once and the sender alternates between them message by message:
+measured one after the other, the ratio moved between 1.3 and 1.6 from run
+to run with the machine's load alone. kombu's Redis transport, when
+installed, is measured one message at a time in its own turn of each round.
+
+Throughput is one producer sending batches with :meth:`RedisBus.send_many`,
+and one or several producers sending one message at a time, each measured
+until the last message was handled.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+
+import redis
+
+from .. import codec
+from ..backends.redis import RedisBus
+from ..dispatch import Direction
+from ..message import Message
+from ._measure import bus_load, messages, now, peak_mib
+from ._options import BenchOptions
+from ._progress import Progress
+from ._stats import REDIS_CLAIM, Result
+from .alternatives import KombuLane
+
+__all__ = ["run_redis", "steps_redis"]
+
+_PREFIX = "nekobot-bench:"
+
+
+def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[float], list[float]]:
+    """Send-to-handler latency of bare redis-py and of RedisBus, message by message, in us.
+
+    Both receivers run at once and the sender alternates between them, so
+    whatever the shared machine does at any moment hits both alike.
+    """
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{_PREFIX}bare")
+    bus = RedisBus(url, prefix=_PREFIX, workers=1)
+    ack = threading.Semaphore(0)
+    sent_at = [0.0]
+    bare: list[float] = []
+    ours: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            if pubsub.get_message(timeout=0.5) is not None:
+                bare.append(now() - sent_at[0])
+                ack.release()
+
+    def handler(_message: Message) -> None:
+        ours.append(now() - sent_at[0])
+        ack.release()
+
+    bus.register_inbound_handler("bench", handler)
+    reader = threading.Thread(target=read, name="bench-bare-subscriber")
+    reader.start()
+    payload = codec.encode(Message(channel_id="bench", content="x" * payload_size))
+    try:
+        with bus:
+            for message in messages(count, payload_size):
+                sent_at[0] = now()
+                client.publish(f"{_PREFIX}bare", payload)
+                if not ack.acquire(timeout=5):
+                    raise RuntimeError("the bare subscriber did not receive within 5 s")
+                sent_at[0] = now()
+                bus.send_inbound(message)
+                if not ack.acquire(timeout=5):
+                    raise RuntimeError(f"{bus!r} did not deliver within 5 s")
+    finally:
+        done.set()
+        reader.join()
+        pubsub.close()
+        client.close()
+    return [v * 1e6 for v in bare], [v * 1e6 for v in ours]
+
+
+def batch_throughput(url: str, count: int, payload_size: int, batch: int = 500) -> float:
+    """Messages per second end to end from one producer sending batches with ``send_many``."""
+    batches = messages(count, payload_size)
+    bus = RedisBus(url, prefix=_PREFIX, workers=2, queue_size=max(100, count))
+    bus.register_inbound_handler("bench", lambda m: None)
+    with bus:
+        started = now()
+        for i in range(0, count, batch):
+            bus.send_many(Direction.INBOUND, batches[i : i + batch])
+        bus.wait_idle(60)
+        elapsed = now() - started
+        handled = bus.get_metrics()["handled_in"]
+    return handled / elapsed
+
+
+def steps_redis(options: BenchOptions) -> int:
+    """How many progress steps :func:`run_redis` takes."""
+    return options.rounds + 1 if "redis" in options.backends else 0
+
+
+def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], dict[str, float]]:
+    """Measure the fan-out; raise redis.ConnectionError if the server is not reachable."""
+    url, size = options.redis_url, options.payload_size
+    count = min(options.count, 2000)
+    redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    bare: list[float] = []
+    ours: list[float] = []
+    theirs: list[float] = []
+    p50_bare, p50_ours, p50_theirs, rates = [], [], [], []
+    per_round = max(100, count // options.rounds)
+    kombu = KombuLane.open(url)
+    try:
+        for _ in range(options.rounds):
+            b, o = paired_latency(url, per_round, size)
+            # kombu's consumer keeps working after each message, which would
+            # disturb the lines measured beside it: it gets its own turn.
+            body = {"channel_id": "bench", "content": "x" * size}
+            k = [kombu.once(body) for _ in range(per_round)] if kombu is not None else []
+            bare += b
+            ours += o
+            theirs += k
+            p50_bare.append(statistics.median(b))
+            p50_ours.append(statistics.median(o))
+            if k:
+                p50_theirs.append(statistics.median(k))
+            rates.append(batch_throughput(url, 20_000, size))
+            progress.step("redis fan-out")
+    finally:
+        if kombu is not None:
+            kombu.close()
+    one, _ = bus_load(_load_bus(url, 1), _load_bus(url, options.workers), count, payload_size=size)
+    many, _ = bus_load(
+        _load_bus(url, 1),
+        _load_bus(url, options.workers),
+        count,
+        producers=options.producers,
+        payload_size=size,
+    )
+    peak = peak_mib(lambda: batch_throughput(url, count, size))
+    progress.step("redis fan-out, producers")
+    results = [
+        Result("redis-py publish/subscribe (baseline)", bare, note="raw baseline"),
+        Result("RedisBus fan-out", ours, one, many, peak, REDIS_CLAIM),
+        Result(
+            "RedisBus fan-out, send_many",
+            rate=statistics.median(rates),
+            note="batches of 500, 1 producer",
+        ),
+    ]
+    ratios = {
+        "redis_p50_vs_bare": statistics.median(p50_ours) / statistics.median(p50_bare),
+        "redis_batched_rate": statistics.median(rates),
+    }
+    if theirs:
+        results.append(Result("kombu Redis transport (alternative)", theirs, note="SimpleQueue put/get"))
+        ratios["kombu_p50_vs_redis"] = statistics.median(p50_theirs) / statistics.median(p50_ours)
+    return results, ratios
+
+
+def _load_bus(url: str, workers: int) -> RedisBus:
+    return RedisBus(url, prefix=_PREFIX + "load:", workers=workers, queue_size=1000)
