@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from nekobot_bus.bench import add_arguments, run
-from nekobot_bus.bench.runner import DESCRIPTION, EPILOG
+from nekobot_bus.bench._options import DESCRIPTION, EPILOG
 
 
 def main() -> int:

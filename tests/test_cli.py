@@ -1,16 +1,27 @@
-"""The nekobot-bus command, run as a user runs it."""
+"""The nekobot-bus command, run as a user runs it: a subprocess, its output and exit status."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-TIMEOUT = 30
+from nekobot_bus import Message, codec
+
+from .redis_server import RedisServer
+
+TIMEOUT = 60
+COMMAND = "from nekobot_bus.cli import main; raise SystemExit(main())"
+# Makes 'import redis' fail, as on an install without the redis extra.
+WITHOUT_REDIS = "import sys; sys.modules['redis'] = None; " + COMMAND
 
 
-def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str = "", code: str = COMMAND) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from nekobot_bus.cli import main; raise SystemExit(main())", *args],
+        [sys.executable, "-c", code, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -19,10 +30,39 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_listeners(server: RedisServer, count: int = 1) -> None:
+    """Wait until *count* pattern subscriptions exist: tail is listening."""
+    client: Any = server.client()
+    deadline = time.monotonic() + 10
+    while client.execute_command("PUBSUB", "NUMPAT") < count:
+        assert time.monotonic() < deadline, "tail never subscribed"
+        time.sleep(0.05)
+
+
 def test_demo_echoes_each_line_through_the_bus() -> None:
     done = run("demo", stdin="hello\nwie geht's?\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["echo: hello", "echo: wie geht's?"]
+
+
+def test_demo_and_help_work_without_the_redis_extra() -> None:
+    done = run("demo", stdin="offline\n", code=WITHOUT_REDIS)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["echo: offline"]
+    assert run("--help", code=WITHOUT_REDIS).returncode == 0
+
+
+def test_demo_runs_on_redis_with_config(redis_server: RedisServer) -> None:
+    config = json.dumps({"bus": {"type": "redis", "redis_addr": redis_server.addr}})
+    done = run("demo", "--config", config, stdin="over redis\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["echo: over redis"]
 
 
 def test_demo_with_a_bad_config_says_what_is_wrong() -> None:
@@ -31,7 +71,156 @@ def test_demo_with_a_bad_config_says_what_is_wrong() -> None:
     assert "bus.type 'kafka' is not a known backend" in done.stderr
 
 
-def test_help_lists_the_commands() -> None:
+def test_help_lists_the_commands_and_exit_codes() -> None:
     done = run("--help")
     assert done.returncode == 0
-    assert "demo" in done.stdout
+    for command in ("bench", "tail", "send", "demo", "exit status"):
+        assert command in done.stdout
+    for command in ("bench", "tail", "send", "demo"):
+        assert "example" in run(command, "--help").stdout
+
+
+def test_tail_shows_what_send_publishes_and_garbage_as_such(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    tail = start("tail", "--redis-url", url, "--json", "--count", "3", "--timeout", "30")
+    try:
+        wait_for_listeners(redis_server)
+        sent = run(
+            "send", "--redis-url", url, "--channel", "telegram", "--session", "chat:1", "--content", "hi"
+        )
+        assert sent.returncode == 0, sent.stderr
+        reply = Message(channel_id="discord", session_id="d:1", content="from a file", reply_to="x1")
+        path = tmp_path / "reply.json"
+        path.write_bytes(codec.encode(reply))
+        assert run("send", "--redis-url", url, "--outbound", "--file", str(path)).returncode == 0
+        redis_server.client().publish("nekobot:bus:inbound:slack", b"\x80 not json")
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    first, second, third = (json.loads(line) for line in out.splitlines())
+    assert (first["direction"], first["channel"]) == ("inbound", "telegram")
+    assert first["message"]["id"] == sent.stdout.strip()
+    assert (first["message"]["content"], first["message"]["session_id"]) == ("hi", "chat:1")
+    assert (second["direction"], second["message"]["id"], second["message"]["reply_to"]) == (
+        "outbound",
+        reply.id,
+        "x1",
+    )
+    assert (third["channel"], third["bytes"]) == ("slack", 10)
+    assert "not JSON" in third["error"]
+
+
+def test_tail_filters_by_direction_and_channel_in_text(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    tail = start(
+        "tail", "--redis-url", url, "--outbound", "--channel", "discord", "--count", "1", "--timeout", "30"
+    )
+    try:
+        deadline = time.monotonic() + 10
+        client: Any = redis_server.client()
+        while client.execute_command("PUBSUB", "NUMSUB", "nekobot:bus:outbound:discord")[1] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for args in (["--channel", "discord"], ["--outbound", "--channel", "telegram"]):
+            run("send", "--redis-url", url, *args, "--content", "filtered out")
+        assert run("send", "--redis-url", url, "--outbound", "--channel", "discord", "--username", "bot",
+                   "--content", "shown").returncode == 0  # fmt: skip
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    [line] = out.splitlines()
+    assert "outbound" in line
+    assert "discord" in line
+    assert "bot: shown" in line
+
+
+def test_tail_reads_the_queue_delivery_without_taking_anything(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "bus.json"
+    config.write_text(
+        json.dumps({"bus": {"type": "redis", "redis_addr": redis_server.addr, "delivery": "queue"}})
+    )
+    tail = start("tail", "--config", str(config), "--json", "--count", "1", "--timeout", "30")
+    try:
+        time.sleep(1.0)  # tail lists the streams every 0.5 s; a new one is read from its start
+        sent = run("send", "--config", str(config), "--channel", "telegram", "--content", "queued")
+        assert sent.returncode == 0, sent.stderr
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    assert json.loads(out)["message"]["content"] == "queued"
+    client: Any = redis_server.client()
+    assert client.xlen("nekobot:bus:inbound:telegram") == 1  # still there for the agents
+
+
+def test_send_to_nobody_warns_and_exits_1(redis_server: RedisServer) -> None:
+    done = run("send", "--redis-url", redis_server.url, "--channel", "telegram", "--content", "anyone?")
+    assert done.returncode == 1
+    assert "no process was subscribed" in done.stderr
+    assert len(done.stdout.strip()) == 32  # the message id is printed all the same
+
+
+def test_unreachable_redis_exits_3_naming_the_address_not_the_password() -> None:
+    for command in (["send", "--channel", "telegram"], ["tail"]):
+        done = run(*command, "--redis-url", "redis://:hunter2@127.0.0.1:1/0")
+        assert done.returncode == 3, done.stderr
+        assert "127.0.0.1:1" in done.stderr
+        assert "hunter2" not in done.stderr
+
+
+def test_send_rejects_bad_input_with_exit_2(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    cases = [
+        (["--channel", "bad channel"], "channel id"),
+        (["--channel", "t", "--type", "hologram"], "hologram"),
+        (["--channel", "t", "--data", "[1]"], "--data must be a JSON object"),
+        ([], "--channel is required"),
+    ]
+    for args, complaint in cases:
+        done = run("send", "--redis-url", url, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert complaint in done.stderr
+    local = run("send", "--config", '{"bus": {"type": "local"}}', "--channel", "t")
+    assert local.returncode == 2
+    assert "needs a Redis bus" in local.stderr
+
+
+def test_bench_local_json_and_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "bench.png"
+    done = run(
+        "bench", "--backend", "local", "--backend", "local-inline", "--count", "300", "--rounds", "1",
+        "--scaling", "--json", "--plot", str(plot), "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    names = [r["name"] for r in report["results"]]
+    assert "LocalBus threaded" in names
+    assert "queue.Queue hand-off (baseline)" in names
+    assert "blinker signal.send (alternative)" in names
+    threaded = report["results"][names.index("LocalBus threaded")]
+    assert threaded["p50_us"] > 0
+    assert threaded["rate_per_s"] > 0
+    assert threaded["claim"] == "~1 us"
+    assert {t["target"] for t in report["targets"]} >= {"threaded p50 latency / queue.Queue p50"}
+    workers = [row for row in report["scaling"] if row["series"] == "workers"]
+    assert [row["workers"] for row in workers] == [1, 4, 16]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_names_an_unreachable_redis_and_how_to_start_one() -> None:
+    done = run("bench", "--backend", "redis", "--redis-url", "redis://127.0.0.1:1/0", "--no-progress")
+    assert done.returncode == 3
+    assert "redis://127.0.0.1:1/0 does not answer" in done.stderr
+    assert "redis-server" in done.stderr

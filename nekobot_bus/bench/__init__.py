@@ -6,7 +6,7 @@ Needs the ``redis`` extra for the Redis lines and the ``bench`` extra for
 the alternatives (blinker, kombu), the progress bar and ``--plot``.
 """
 
-from ._options import BACKENDS, BenchOptions
-from .runner import add_arguments, run
+from ._options import BACKENDS, BenchOptions, add_arguments
+from .runner import run
 
 __all__ = ["BACKENDS", "BenchOptions", "add_arguments", "run"]

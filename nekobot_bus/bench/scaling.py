@@ -13,7 +13,6 @@ import statistics
 from collections.abc import Callable
 
 from ..backends.local import LocalBus
-from ..backends.redis import RedisBus
 from ..bus import Bus
 from ._measure import bus_load
 from ._options import BenchOptions
@@ -41,6 +40,8 @@ def run_scaling(options: BenchOptions, progress: Progress, redis_ok: bool) -> li
         ("local", lambda w: LocalBus(workers=w, queue_size=1000))
     ]
     if redis_ok and "redis" in options.backends:
+        from ..backends.redis import RedisBus  # noqa: PLC0415 - the redis extra
+
         url = options.redis_url
         factories.append(
             ("redis", lambda w: RedisBus(url, prefix="nekobot-bench-scaling:", workers=w, queue_size=1000))

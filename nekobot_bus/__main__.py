@@ -1,0 +1,5 @@
+"""``python -m nekobot_bus``: the ``nekobot-bus`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Which Redis bus a command talks to: ``--config`` or ``--redis-url``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from .._options import Section
+from ..config import load_config
+from ..errors import BusConnectionError, ConfigError
+
+__all__ = ["RedisTarget", "add_target_arguments", "config_from", "ensure_reachable", "redis_target"]
+
+
+class RedisTarget(NamedTuple):
+    url: str
+    prefix: str
+    delivery: str
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the bus config of your processes (JSON text or file)")
+    where.add_argument("--redis-url", help="instead of --config: redis://host:port/db, fan-out delivery")
+
+
+def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
+    """The config the command works on; it must name a Redis bus."""
+    if args.redis_url:
+        return {"bus": {"type": "redis", "redis_url": args.redis_url}}
+    config = load_config(args.config)
+    kind = Section("bus", config.get("bus")).text("type", "local")
+    if kind != "redis":
+        raise ConfigError(
+            f"bus.type is {kind!r}: this command watches or sends between processes, which needs a "
+            "Redis bus (a local bus lives inside one process)"
+        )
+    return config
+
+
+def redis_target(config: Mapping[str, Any]) -> RedisTarget:
+    """The URL, prefix and delivery a Redis config names (without building a bus)."""
+    from ..backends._redis_common import connection_config  # noqa: PLC0415 - needs the redis extra
+
+    bus = Section("bus", config.get("bus"))
+    url, prefix, _ = connection_config(bus, Section("redis", config.get("redis")))
+    delivery = bus.text("delivery", "fanout", choices=("fanout", "queue"))
+    return RedisTarget(url, prefix, delivery)
+
+
+def ensure_reachable(target: RedisTarget) -> None:
+    """Fail at once, naming the address (never the password), when Redis does not answer."""
+    import redis  # noqa: PLC0415 - needs the redis extra
+
+    from ..backends._redis_common import redact  # noqa: PLC0415
+
+    client = redis.Redis.from_url(target.url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise BusConnectionError(
+            f"Redis at {redact(target.url)} does not answer ({exc}); is it running? "
+            "e.g. redis-server --port 6379 --daemonize yes"
+        ) from None
+    finally:
+        client.close()

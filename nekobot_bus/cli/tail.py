@@ -1,0 +1,176 @@
+"""``nekobot-bus tail``: watch what flows through a Redis bus, decoded, as it happens.
+
+It only reads: on the fan-out delivery it subscribes like one more process
+(``PSUBSCRIBE``), on the queue delivery it reads the streams without a
+consumer group (``XREAD``), so it takes nothing away from the agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .. import codec
+from ..dispatch import Direction
+from ..errors import BusConnectionError, MessageDecodeError
+from ..message import validate_channel_id
+from ._target import RedisTarget, add_target_arguments, config_from, ensure_reachable, redis_target
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["add_parser", "run"]
+
+_POLL = 0.5  # seconds a read waits; bounds how late --timeout and new streams are noticed
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = commands.add_parser(
+        "tail",
+        help="watch a Redis bus live, decoded",
+        description="Print each message that flows through a Redis bus, decoded: time, direction, "
+        "channel, session, sender and content. Payloads that are not messages are shown as such. "
+        "Reads only; the processes on the bus are not affected.",
+        epilog="examples:\n"
+        "  nekobot-bus tail --redis-url redis://localhost:6379/0\n"
+        "  nekobot-bus tail --config bus.json --outbound --channel telegram --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_target_arguments(tail)
+    way = tail.add_mutually_exclusive_group()
+    way.add_argument("--inbound", dest="directions", action="store_const", const=(Direction.INBOUND,))
+    way.add_argument("--outbound", dest="directions", action="store_const", const=(Direction.OUTBOUND,))
+    tail.set_defaults(directions=tuple(Direction))
+    tail.add_argument("--channel", action="append", help="only this channel id; repeat for several")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--count", type=int, help="exit after this many messages")
+    tail.add_argument("--timeout", type=float, help="exit after this many seconds")
+    tail.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import redis  # noqa: PLC0415 - the redis extra; demo and bench --backend local work without it
+
+    from ..backends._redis_common import redact  # noqa: PLC0415
+
+    target = redis_target(config_from(args))
+    ensure_reachable(target)
+    channels = [validate_channel_id(c) for c in args.channel or []]
+    names = {
+        f"{target.prefix}{d.value}:{c}": d for d in args.directions for c in (channels or ["*"])
+    }  # exact names, or one pattern per direction
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    client = redis.Redis.from_url(target.url, socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
+    seen = 0
+    try:
+        client.ping()
+        read = _read_streams if target.delivery == "queue" else _read_pubsub
+        for direction, channel, payload in read(client, target, names, deadline):
+            print(_render(direction, channel, payload, as_json=args.json), flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise BusConnectionError(f"lost Redis at {redact(target.url)}: {exc}") from None
+    finally:
+        client.close()
+    return 0
+
+
+def _read_pubsub(
+    client: redis.Redis, target: RedisTarget, names: dict[str, Direction], deadline: float | None
+) -> Iterator[tuple[Direction, str, bytes]]:
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    patterns = [n for n in names if n.endswith("*")]
+    exact = [n for n in names if not n.endswith("*")]
+    if patterns:
+        pubsub.psubscribe(*patterns)
+    if exact:
+        pubsub.subscribe(*exact)
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            item = pubsub.get_message(timeout=_POLL)
+            if item is None or item["type"] not in ("message", "pmessage"):
+                continue
+            name = item["channel"].decode("utf-8", "replace")
+            direction, channel = _split(target.prefix, name)
+            if direction is not None:
+                yield direction, channel, item["data"]
+    finally:
+        pubsub.close()
+
+
+def _read_streams(
+    client: redis.Redis, target: RedisTarget, names: dict[str, Direction], deadline: float | None
+) -> Iterator[tuple[Direction, str, bytes]]:
+    # Stream -> last id read. Streams there at the start are read from their
+    # end; streams that appear later are new, and read from their beginning.
+    positions: dict[Any, Any] = {}
+    for stream in _streams(client, target, names):
+        info: Any = client.xinfo_stream(stream) if client.exists(stream) else {}
+        positions[stream] = info.get("last-generated-id", b"0-0")
+    while deadline is None or time.monotonic() < deadline:
+        for stream in _streams(client, target, names):
+            positions.setdefault(stream, b"0-0")
+        if not positions:
+            time.sleep(_POLL)
+            continue
+        reply: Any = client.xread(dict(positions), block=int(_POLL * 1000), count=100)
+        for stream_name, entries in reply or []:
+            name = stream_name.decode()
+            direction, channel = _split(target.prefix, name)
+            for entry_id, fields in entries:
+                positions[name] = entry_id
+                if direction is not None:
+                    yield direction, channel, (fields or {}).get(b"message", b"")
+
+
+def _streams(client: redis.Redis, target: RedisTarget, names: dict[str, Direction]) -> list[str]:
+    exact = [n for n in names if not n.endswith("*")]
+    if len(exact) == len(names):
+        return exact
+    announced = {m.decode() for m in client.smembers(f"{target.prefix}streams")}  # type: ignore[union-attr]
+    prefixes = tuple(n[:-1] for n in names if n.endswith("*"))
+    return sorted({*exact, *(s for s in announced if s.startswith(prefixes))})
+
+
+def _split(prefix: str, name: str) -> tuple[Direction | None, str]:
+    for direction in Direction:
+        head = f"{prefix}{direction.value}:"
+        if name.startswith(head):
+            return direction, name[len(head) :]
+    return None, name
+
+
+def _render(direction: Direction, channel: str, payload: bytes, *, as_json: bool) -> str:
+    try:
+        message = codec.decode(payload)
+    except MessageDecodeError as exc:
+        preview = payload[:80].decode("utf-8", "replace")
+        if as_json:
+            return json.dumps(
+                {
+                    "direction": direction.value,
+                    "channel": channel,
+                    "error": str(exc),
+                    "bytes": len(payload),
+                    "preview": preview,
+                },
+                ensure_ascii=False,
+            )
+        return f"{'-':<27} {direction.value:<8} {channel:<12} <undecodable, {len(payload)} bytes: {exc}>"
+    if as_json:
+        wire = json.loads(codec.encode(message))
+        return json.dumps(
+            {"direction": direction.value, "channel": channel, "message": wire}, ensure_ascii=False
+        )
+    who = message.username or message.user_id or "-"
+    kind = "" if message.type.value == "text" else f"[{message.type.value}] "
+    reply = f" (reply to {message.reply_to})" if message.reply_to else ""
+    return (
+        f"{codec.format_timestamp(message.timestamp):<27} {direction.value:<8} {channel:<12} "
+        f"{message.session_id or '-':<16} {who}: {kind}{message.content}{reply}"
+    )
