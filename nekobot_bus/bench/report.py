@@ -125,7 +125,8 @@ def plot(path: str, results: Sequence[Result], scaling: Sequence[Mapping[str, An
                 [r["producers"] for r in rows], [r["rate_per_s"] for r in rows], "o-", label=backend
             )
         by_producers.set_xlabel("producer threads")
-        by_producers.set_ylabel("messages/s")
+        by_producers.set_ylabel("messages/s (log scale)")
+        by_producers.set_yscale("log")
         by_producers.set_title("Throughput by producers")
         by_producers.grid(True, alpha=0.3)
         by_producers.legend(fontsize="small")
