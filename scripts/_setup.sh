@@ -7,7 +7,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[redis,test,bench]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[redis,test,bench,flask]'
 
 ensure_redis_server() {
     if command -v redis-server >/dev/null 2>&1; then

@@ -1,0 +1,95 @@
+"""A Flask webhook gateway: Telegram-style updates in, the agent's replies out.
+
+Run it (Flask's threaded server; the bus starts with the first request)::
+
+    python examples/flask_webhook.py --port 8080
+
+then POST an update the way Telegram does::
+
+    curl -X POST localhost:8080/telegram/webhook -H 'Content-Type: application/json' \\
+         -d '{"update_id": 1, "message": {"chat": {"id": 42}, "from": {"id": 7, "username": "ann"},
+              "text": "hello"}}'
+
+The view turns the update into ``send_inbound``; an echo agent answers; the
+outbound handler "delivers" each reply (here: prints it and keeps it for
+``GET /telegram/sent``). ``GET /bus/health`` and ``GET /bus/metrics`` come
+with the extension. Set ``NEKOBOT_BUS`` to a config (JSON) to run the same
+app on Redis, with the agent in another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+from typing import Any
+
+from flask import Flask, jsonify, request
+
+from nekobot_bus import Message
+from nekobot_bus.flask import NekobotBus
+
+
+def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True) -> Flask:
+    app = Flask(__name__)
+    app.config["NEKOBOT_BUS"] = config or json.loads(
+        os.environ.get("NEKOBOT_BUS", '{"bus": {"type": "local"}}')
+    )
+    nekobot = NekobotBus(app)
+    delivered: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def deliver(message: Message) -> None:
+        # A real gateway calls Telegram's sendMessage here.
+        with lock:
+            delivered.append(
+                {"chat_id": message.session_id, "text": message.content, "reply_to": message.reply_to}
+            )
+        print(f"to chat {message.session_id}: {message.content}", flush=True)
+
+    nekobot.bus.register_outbound_handler("telegram", deliver)
+    if with_agent:
+
+        def agent(message: Message) -> None:
+            nekobot.bus.send_outbound(message.reply(f"echo: {message.content}"))
+
+        nekobot.bus.register_inbound_handler("telegram", agent)
+
+    @app.post("/telegram/webhook")
+    def webhook() -> tuple[str, int]:
+        update = request.get_json(silent=True) or {}
+        incoming = update.get("message") or {}
+        if "text" not in incoming or "chat" not in incoming:
+            return "not a text message", 400
+        sender = incoming.get("from") or {}
+        nekobot.bus.send_inbound(
+            Message(
+                id=f"telegram-{update.get('update_id')}",  # Telegram's id: a retried webhook is recognisable
+                channel_id="telegram",
+                session_id=str(incoming["chat"]["id"]),
+                user_id=str(sender.get("id", "")),
+                username=str(sender.get("username", "")),
+                content=str(incoming["text"]),
+            )
+        )
+        return "", 204
+
+    @app.get("/telegram/sent")
+    def sent() -> Any:
+        with lock:
+            return jsonify(list(delivered))
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    create_app().run(host=args.host, port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The console channel of the two-process example: lines in, the agent's replies out, over Redis.
+
+With ``examples/redis_agent.py`` running::
+
+    python examples/redis_console.py --redis-url redis://localhost:6379/0
+
+Type lines; each reply is printed; end with Ctrl-D.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+
+from nekobot_bus import Message, UnroutedMessageError, create_bus
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default="redis://localhost:6379/0")
+    args = parser.parse_args()
+    bus = create_bus({"bus": {"type": "redis", "redis_url": args.redis_url, "raise_on_unrouted": True}})
+    answered = threading.Semaphore(0)
+
+    session = f"console:{os.getpid()}"
+
+    def show(message: Message) -> None:
+        if message.session_id == session:  # other consoles' replies travel on the same channel
+            print(f"agent> {message.content}", flush=True)
+            answered.release()
+
+    bus.register_outbound_handler("console", show)
+    with bus:
+        for line in sys.stdin:
+            try:
+                bus.send_inbound(Message(channel_id="console", session_id=session, content=line.strip()))
+            except UnroutedMessageError:
+                print("no agent is listening: start examples/redis_agent.py first", file=sys.stderr)
+                return 1
+            if not answered.acquire(timeout=5):
+                print("no reply within 5 s", file=sys.stderr)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
