@@ -119,16 +119,20 @@ class CommandRunner:
         self._metrics = metrics
         self._timeout = 30.0 if timeout is None else timeout
 
-    def run(self, commands: Sequence[tuple[Any, ...]], what: str) -> list[Any]:
+    def run(
+        self, commands: Sequence[tuple[Any, ...]], what: str, *, timeout: float | None = None
+    ) -> list[Any]:
         """Send *commands* in one round trip; return each reply, an error reply as its exception.
 
         :param what: what the commands do, for the error, e.g. ``"publishing 3 messages"``.
+        :param timeout: how long to retry connecting, instead of the runner's own.
         :raises BusConnectionError: Redis was unreachable for the timeout (nothing
             was sent), or the connection broke after writing (some commands may
             have run).
         """
         pool = self.client.connection_pool
-        deadline = time.monotonic() + self._timeout
+        limit = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         delay = 0.05
         while True:
             try:
@@ -137,7 +141,7 @@ class CommandRunner:
                 self._metrics.incr("connection_errors")
                 if time.monotonic() + delay > deadline:
                     raise BusConnectionError(
-                        f"Redis at {self.address} unreachable for {self._timeout} s while {what}: {exc}; "
+                        f"Redis at {self.address} unreachable for {limit} s while {what}: {exc}; "
                         "nothing was sent"
                     ) from exc
                 time.sleep(delay * random.uniform(0.5, 1.0))

@@ -59,7 +59,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import random
 import socket
 import threading
@@ -87,6 +86,7 @@ from ._redis_common import (
     make_client,
     redact,
 )
+from ._stream_acker import Acker, Entry
 
 __all__ = ["DEFAULT_GROUP", "RedisStreamBus"]
 
@@ -97,23 +97,6 @@ DEFAULT_GROUP = "nekobot"
 _BLOCK = 0.25  # seconds one XREADGROUP waits; bounds how late the reader sees a change
 _READ_COUNT = 256  # entries per stream per read
 _DISCOVERY_INTERVAL = 1.0  # seconds between looks for new streams, for "*" handlers
-_ACK_BATCH = 1024
-
-
-class _Entry:
-    """The ticket of one stream entry on its way through the workers."""
-
-    __slots__ = ("deliveries", "direction", "done_id", "entry_id", "payload", "stream")
-
-    def __init__(
-        self, stream: str, entry_id: bytes, direction: Direction, payload: bytes, deliveries: int
-    ) -> None:
-        self.stream = stream
-        self.entry_id = entry_id
-        self.direction = direction
-        self.payload = payload  # kept for the dead-letter stream until settled
-        self.deliveries = deliveries
-        self.done_id = ""  # the message id to remember as handled, with dedup_window
 
 
 class RedisStreamBus(Bus):
@@ -191,13 +174,18 @@ class RedisStreamBus(Bus):
         reader_options = options | {"socket_timeout": _BLOCK + health_check_timeout, "protocol": 2}
         self._reader_pool = redis.ConnectionPool.from_url(url, **reader_options, decode_responses=False)
         self._reader_conn: Any = None
-        self._ack_deadline = float("inf")
         self._names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._registry_key = f"{prefix}streams"
         self._stopping = threading.Event()
         self._reader: threading.Thread | None = None
-        self._acker: threading.Thread | None = None
-        self._acks: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
+        self._acker = Acker(
+            self._runner,
+            group,
+            self._metrics,
+            done_key=self._done_key,
+            dedup_window=dedup_window,
+            release=self._release,
+        )
         # Registration changes: written by registering threads, seen by the reader.
         self._subs = threading.Condition()
         self._generation = 0
@@ -289,9 +277,6 @@ class RedisStreamBus(Bus):
         self._reader = threading.Thread(
             target=self._read_forever, name="nekobot-bus-redis-queue-reader", daemon=True
         )
-        self._acker = threading.Thread(
-            target=self._ack_forever, name="nekobot-bus-redis-queue-acker", daemon=True
-        )
         self._reader.start()
         self._acker.start()
 
@@ -304,11 +289,7 @@ class RedisStreamBus(Bus):
         return join_all([self._reader] if self._reader is not None else [], deadline)
 
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
-        alive: list[threading.Thread] = []
-        if self._acker is not None:
-            self._ack_deadline = deadline
-            self._acks.put(None)
-            alive = join_all([self._acker], deadline)
+        alive = self._acker.stop(deadline)
         if not alive:
             self._leave_group()
         self._client.close()
@@ -537,10 +518,10 @@ class RedisStreamBus(Bus):
             return
         self._last_message_at = time.time()
         suffix = direction.suffix
-        ready: list[tuple[Message, _Entry]] = []
+        ready: list[tuple[Message, Entry]] = []
         for entry_id, fields, deliveries in entries:
             payload = _pairs(fields or []).get(b"message", b"")
-            entry = _Entry(stream, entry_id, direction, payload, deliveries)
+            entry = Entry(stream, entry_id, direction, payload, deliveries)
             try:
                 message = codec.decode(payload, max_size=self.max_message_size)
             except MessageDecodeError as exc:
@@ -579,7 +560,7 @@ class RedisStreamBus(Bus):
     def _done_key(self, message_id: str) -> str:
         return f"{self.prefix}done:{self.group}:{message_id}"
 
-    def _without_duplicates(self, ready: list[tuple[Message, _Entry]]) -> list[tuple[Message, _Entry]]:
+    def _without_duplicates(self, ready: list[tuple[Message, Entry]]) -> list[tuple[Message, Entry]]:
         replies = self._runner.run(
             [("EXISTS", self._done_key(m.id)) for m, _ in ready], "checking duplicates"
         )
@@ -591,7 +572,7 @@ class RedisStreamBus(Bus):
                 self._metrics.incr(f"pending_{entry.direction.suffix}")
                 with self._held_lock:
                     self._held[(entry.stream, entry.entry_id)] = time.monotonic()
-                self._acks.put(entry)
+                self._acker.put(entry)
             else:
                 fresh.append((message, entry))
         return fresh
@@ -599,7 +580,7 @@ class RedisStreamBus(Bus):
     # -- settling (worker threads) ------------------------------------------
 
     def _settle(self, message: Message, ticket: object, failures: list[tuple[Handler, Exception]]) -> None:
-        if not isinstance(ticket, _Entry):
+        if not isinstance(ticket, Entry):
             return
         entry = ticket
         if not self._registries[entry.direction].lookup(message.channel_id):
@@ -622,15 +603,15 @@ class RedisStreamBus(Bus):
             return
         entry.payload = b""
         entry.done_id = message.id if self.dedup_window else ""
-        self._acks.put(entry)
+        self._acker.put(entry)
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: Entry) -> None:
         with self._held_lock:
             self._held.pop((entry.stream, entry.entry_id), None)
         self._metrics.incr(f"pending_{entry.direction.suffix}", -1)
 
     def _dead_letter(
-        self, entry: _Entry, error: str, message: Message | None = None, *, channel_id: str = ""
+        self, entry: Entry, error: str, message: Message | None = None, *, channel_id: str = ""
     ) -> None:
         dead = self.dead_letter_name(entry.direction, message.channel_id if message else channel_id)
         fields = (
@@ -655,57 +636,6 @@ class RedisStreamBus(Bus):
             logger.error("entry %s of %s moved to %s: %s", entry.entry_id.decode(), entry.stream, dead, error)
         if held:
             self._release(entry)
-
-    # -- acknowledging (the acker thread) ------------------------------------
-
-    def _ack_forever(self) -> None:
-        batch: list[_Entry] = []
-        stopping = False
-        while True:
-            if not stopping:
-                try:
-                    item = self._acks.get(timeout=0.05 if batch else 0.5)
-                    while item is not None:
-                        batch.append(item)
-                        if len(batch) >= _ACK_BATCH:
-                            break
-                        item = self._acks.get_nowait()
-                    stopping = item is None
-                except queue.Empty:
-                    pass
-            if batch:
-                if self._ack(batch):
-                    batch = []
-                elif stopping and time.monotonic() >= self._ack_deadline:
-                    logger.warning(
-                        "%d entries left unacknowledged at stop; they will be redelivered", len(batch)
-                    )
-                    for entry in batch:
-                        self._release(entry)
-                    return
-                else:
-                    time.sleep(0.2)
-            elif stopping:
-                return
-
-    def _ack(self, batch: list[_Entry]) -> bool:
-        commands: list[tuple[Any, ...]] = []
-        if self.dedup_window:
-            ttl = max(1, int(self.dedup_window))
-            commands += [("SET", self._done_key(e.done_id), 1, "EX", ttl) for e in batch if e.done_id]
-        by_stream: dict[str, list[bytes]] = defaultdict(list)
-        for entry in batch:
-            by_stream[entry.stream].append(entry.entry_id)
-        commands += [("XACK", stream, self.group, *ids) for stream, ids in by_stream.items()]
-        try:
-            self._runner.run(commands, f"acknowledging {len(batch)} entries")
-        except BusConnectionError as exc:
-            logger.warning("acknowledging failed (%s); retrying", exc)
-            return False
-        for entry in batch:
-            self._metrics.incr(f"acked_{entry.direction.suffix}")
-            self._release(entry)  # last: wait_idle() waits for nothing held
-        return True
 
     # -- observing --------------------------------------------------------
 
