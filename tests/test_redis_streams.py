@@ -232,6 +232,31 @@ def test_trimmed_pending_entries_are_counted(redis_server: RedisServer, buses: l
     assert not any(c.startswith("old") for c in recorder.contents)
 
 
+def test_departed_consumers_that_hold_nothing_are_removed(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
+    stream = f"{PREFIX}inbound:telegram"
+    raw.xgroup_create(stream, "nekobot", id="0", mkstream=True)
+    raw.xreadgroup("nekobot", "departed", {stream: ">"}, count=1)  # holds nothing
+    raw.xadd(stream, {"message": json.dumps({"channel_id": "telegram", "content": "held"})})
+    raw.xreadgroup("nekobot", "died-holding", {stream: ">"}, count=1)
+    bus = new_bus(buses, redis_server, claim_idle=0.2, max_deliveries=5)
+    recorder = Recorder()
+    bus.register_inbound_handler("telegram", recorder)
+    with bus:
+        assert recorder.wait_for_count(1)  # claimed from died-holding after claim_idle
+        deadline = time.monotonic() + WAIT
+        names: set[str] = set()
+        while time.monotonic() < deadline:
+            names = {c["name"].decode() for c in raw.xinfo_consumers(stream, "nekobot")}
+            if names == {bus.consumer}:
+                break
+            time.sleep(0.1)
+        assert names == {bus.consumer}  # both left after 10 x claim_idle with nothing held
+    assert recorder.contents == ["held"]
+
+
 def test_killed_connection_and_paused_server_then_delivery_resumes(
     redis_server: RedisServer, buses: list[RedisStreamBus]
 ) -> None:

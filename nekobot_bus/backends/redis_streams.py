@@ -48,6 +48,11 @@ Where a message can be when something dies
   the claim and counted in ``trimmed``; one trimmed before any consumer read
   it is not seen by anybody: keep ``max_len`` well above the backlog.
 
+Consumers: each bus joins under a new name and, on ``stop()``, leaves the
+groups where it holds nothing. Consumers that died holding nothing are
+removed by the others after ``10 x claim_idle``; those that held entries
+are removed once their entries were claimed.
+
 Ordering: one consumer hands each session's messages to one worker, in
 stream order, so a session whose messages all go to one consumer is handled
 in order. Across consumers of a group there is no order, and a retried or
@@ -401,6 +406,7 @@ class RedisStreamBus(Bus):
         grouped: set[str] = set()
         generation = -1
         next_discovery = next_claim = 0.0
+        next_cleanup = time.monotonic() + self.claim_idle * 5
         while not self._stopping.is_set():
             now = time.monotonic()
             if generation != self._generation or now >= next_discovery:
@@ -419,6 +425,9 @@ class RedisStreamBus(Bus):
                 self._renew_held()
                 self._claim(conn, streams[:-1])
                 next_claim = now + self.claim_idle / 4
+            if now >= next_cleanup:
+                self._forget_departed(conn, streams[:-1])
+                next_cleanup = now + self.claim_idle * 5
             # Read no more than the workers have room for: entries left in
             # Redis wait safely, while a full queue would have to drop them.
             room = min(self._dispatchers[d].room() for d in Direction)
@@ -511,6 +520,26 @@ class RedisStreamBus(Bus):
                 self._metrics.incr("trimmed", gone)
                 logger.warning("%d pending entries of %s were trimmed before being handled", gone, stream)
             self._take(stream, [(i, f, deliveries[i]) for i, f in claimed], True)
+
+    def _forget_departed(self, conn: Any, streams: list[str]) -> None:
+        """Delete consumers that hold nothing and were last seen ``10 x claim_idle`` ago.
+
+        Every bus joins under a new name, so without this a group collects a
+        consumer for every process that ever ran. Deleting one that holds
+        nothing loses nothing, and a live consumer deleted by mistake is
+        created again by its next read.
+        """
+        limit_ms = int(self.claim_idle * 10 * 1000)
+        me = self.consumer.encode()
+        for stream in streams:
+            for row in _call(conn, "XINFO", "CONSUMERS", stream, self.group):
+                consumer = _pairs(row)
+                name = consumer[b"name"]
+                if name != me and int(consumer[b"pending"]) == 0 and int(consumer[b"idle"]) > limit_ms:
+                    _call(conn, "XGROUP", "DELCONSUMER", stream, self.group, name)
+                    logger.info(
+                        "consumer %s left group %s of %s long ago; removed", name.decode(), self.group, stream
+                    )
 
     def _take(self, stream: str, entries: list[tuple[bytes, Any, int]], claimed: bool) -> None:
         direction = self._direction_of(stream)
