@@ -232,6 +232,45 @@ def test_trimmed_pending_entries_are_counted(redis_server: RedisServer, buses: l
     assert not any(c.startswith("old") for c in recorder.contents)
 
 
+def test_what_a_stopped_consumer_held_or_queued_goes_to_the_others(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    gate = threading.Event()
+
+    def stuck(message: Message) -> None:
+        gate.wait(WAIT)
+
+    first = create_bus(
+        queue_config(redis_server, claim_idle=0.5, workers=2) | {"gateway": {"message_queue_size": 1}}
+    )
+    assert isinstance(first, RedisStreamBus)
+    buses.append(first)
+    first.register_inbound_handler("telegram", stuck)
+    first.start()
+    first.send_many(Direction.INBOUND, [msg(str(n)) for n in range(5)])  # one session: one worker
+    deadline = time.monotonic() + WAIT
+    while first.get_metrics()["pending_in"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # One in the handler, one queued, one read and waiting for room in the queue.
+    assert first.get_metrics()["pending_in"] == 3
+    assert not first.stop(timeout=1.0, drain=False)  # the handler is still stuck
+    gate.set()
+    deadline = time.monotonic() + WAIT
+    while first.get_metrics()["dropped_in"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the stuck worker finishes, then counts the queued message dropped
+    held = first.get_metrics()
+    assert (held["handled_in"], held["dropped_in"]) == (1, 1)
+    # The one waiting for room was given back; the two the workers had stay pending in Redis.
+    assert held["pending_in"] == 2
+    recorder = Recorder()
+    second = new_bus(buses, redis_server, claim_idle=0.5)
+    second.register_inbound_handler("telegram", recorder)
+    second.start()
+    assert recorder.wait_for_count(5)  # the 3 it took are claimed, the 2 it never read are read
+    assert sorted(recorder.contents) == ["0", "1", "2", "3", "4"]
+    assert second.get_metrics()["claimed_in"] == 3
+
+
 def test_departed_consumers_that_hold_nothing_are_removed(
     redis_server: RedisServer, buses: list[RedisStreamBus]
 ) -> None:

@@ -431,7 +431,7 @@ class RedisStreamBus(Bus):
             # Read no more than the workers have room for: entries left in
             # Redis wait safely, while a full queue would have to drop them.
             room = min(self._dispatchers[d].room() for d in Direction)
-            count = min(_READ_COUNT, room // len(streams))
+            count = min(_READ_COUNT, room // max(1, len(streams) - 1))  # the wake stream holds ~nothing
             if count < 1:
                 self._stopping.wait(0.01)
                 continue
@@ -573,18 +573,21 @@ class RedisStreamBus(Bus):
             ready = self._without_duplicates(ready)
         dispatcher = self._dispatchers[direction]
         renewed = time.monotonic()
-        for n, (message, entry) in enumerate(ready):
+        for message, entry in ready:
             with self._held_lock:
                 self._held[(stream, entry.entry_id)] = time.monotonic()
             self._metrics.incr(f"pending_{suffix}")
-            while not dispatcher.put_waiting(message, entry, 0.05):
-                if self._stopping.is_set():
-                    for _, left in ready[n:]:
-                        self._release(left)  # still pending in Redis: claimed by the group later
-                    return
-                if time.monotonic() - renewed > self.claim_idle / 4:
-                    self._renew_held()
-                    renewed = time.monotonic()
+            taken = False
+            try:
+                while not (taken := dispatcher.put_waiting(message, entry, 0.05)):
+                    if self._stopping.is_set():
+                        return  # this and the rest stay pending in Redis, for the group to claim
+                    if time.monotonic() - renewed > self.claim_idle / 4:
+                        self._renew_held()
+                        renewed = time.monotonic()
+            finally:
+                if not taken:
+                    self._release(entry)
 
     def _done_key(self, message_id: str) -> str:
         return f"{self.prefix}done:{self.group}:{message_id}"
