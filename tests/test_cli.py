@@ -115,6 +115,26 @@ def test_tail_shows_what_send_publishes_and_garbage_as_such(
     assert "not JSON" in third["error"]
 
 
+def test_tail_keeps_watching_across_a_redis_restart(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    tail = start("tail", "--redis-url", url, "--count", "2", "--timeout", "30")
+    try:
+        wait_for_listeners(redis_server)
+        assert run("send", "--redis-url", url, "--channel", "telegram", "--content", "before").returncode == 0
+        redis_server.restart()  # SIGKILL, then the same port
+        wait_for_listeners(redis_server)
+        assert run("send", "--redis-url", url, "--channel", "telegram", "--content", "after").returncode == 0
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    assert [line.rsplit(": ", 1)[1] for line in out.splitlines()] == ["before", "after"]
+    assert "lost Redis at" in err
+    assert "reconnected" in err
+
+
 def test_tail_filters_by_direction_and_channel_in_text(redis_server: RedisServer) -> None:
     url = redis_server.url
     tail = start(

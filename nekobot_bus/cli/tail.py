@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..dispatch import Direction
-from ..errors import BusConnectionError, MessageDecodeError
+from ..errors import MessageDecodeError
 from ..message import validate_channel_id
 from ._target import RedisTarget, add_target_arguments, config_from, ensure_reachable, redis_target
 
@@ -64,24 +65,45 @@ def run(args: argparse.Namespace) -> int:
     }  # exact names, or one pattern per direction
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     client = redis.Redis.from_url(target.url, socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
+    read = _read_streams if target.delivery == "queue" else _read_pubsub
+    positions: dict[Any, Any] = {}  # where each stream was read up to; kept across reconnects
     seen = 0
+    delay = 0.1
+    lost = False
     try:
-        client.ping()
-        read = _read_streams if target.delivery == "queue" else _read_pubsub
-        for direction, channel, payload in read(client, target, names, deadline):
-            print(_render(direction, channel, payload, as_json=args.json), flush=True)
-            seen += 1
-            if args.count is not None and seen >= args.count:
-                break
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise BusConnectionError(f"lost Redis at {redact(target.url)}: {exc}") from None
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                client.ping()
+                if lost:
+                    print(f"tail: reconnected to {redact(target.url)}", file=sys.stderr, flush=True)
+                    lost, delay = False, 0.1
+                for direction, channel, payload in read(client, target, names, deadline, positions):
+                    print(_render(direction, channel, payload, as_json=args.json), flush=True)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        return 0
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if not lost:
+                    gap = "" if target.delivery == "queue" else "; what is published meanwhile is not shown"
+                    print(
+                        f"tail: lost Redis at {redact(target.url)} ({exc}); reconnecting{gap}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    lost = True
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
     finally:
         client.close()
     return 0
 
 
 def _read_pubsub(
-    client: redis.Redis, target: RedisTarget, names: dict[str, Direction], deadline: float | None
+    client: redis.Redis,
+    target: RedisTarget,
+    names: dict[str, Direction],
+    deadline: float | None,
+    _positions: dict[Any, Any],
 ) -> Iterator[tuple[Direction, str, bytes]]:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     patterns = [n for n in names if n.endswith("*")]
@@ -104,14 +126,18 @@ def _read_pubsub(
 
 
 def _read_streams(
-    client: redis.Redis, target: RedisTarget, names: dict[str, Direction], deadline: float | None
+    client: redis.Redis,
+    target: RedisTarget,
+    names: dict[str, Direction],
+    deadline: float | None,
+    positions: dict[Any, Any],
 ) -> Iterator[tuple[Direction, str, bytes]]:
     # Stream -> last id read. Streams there at the start are read from their
     # end; streams that appear later are new, and read from their beginning.
-    positions: dict[Any, Any] = {}
-    for stream in _streams(client, target, names):
-        info: Any = client.xinfo_stream(stream) if client.exists(stream) else {}
-        positions[stream] = info.get("last-generated-id", b"0-0")
+    if not positions:
+        for stream in _streams(client, target, names):
+            info: Any = client.xinfo_stream(stream) if client.exists(stream) else {}
+            positions[stream] = info.get("last-generated-id", b"0-0")
     while deadline is None or time.monotonic() < deadline:
         for stream in _streams(client, target, names):
             positions.setdefault(stream, b"0-0")
