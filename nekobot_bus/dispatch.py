@@ -143,8 +143,11 @@ class _WorkQueue:
     with respect to :meth:`seal`: nothing is accepted behind the sentinel.
     """
 
-    def __init__(self, maxsize: int, metrics: Metrics, accepted_key: str) -> None:
+    def __init__(
+        self, maxsize: int, metrics: Metrics, accepted_key: str, on_take: Callable[[], None] | None = None
+    ) -> None:
         self.maxsize = maxsize
+        self._on_take = on_take
         self._metrics = metrics
         self._accepted_key = accepted_key
         self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -204,6 +207,8 @@ class _WorkQueue:
             self._size -= 1
             if self._blocked:
                 self._room.notify()
+        if self._on_take is not None:
+            self._on_take()
 
     def seal(self) -> None:
         """Refuse all further puts and append the stop sentinel past the bound."""
@@ -271,7 +276,12 @@ class Dispatcher:
         self._no_handler_key = f"no_handler_{suffix}"
         self._dropped_key = f"dropped_{suffix}"
         count = 1 if inline else workers
-        self._queues = [_WorkQueue(queue_size, metrics, self._accepted_key) for _ in range(count)]
+        # Signalled when a worker takes a message, for a transport waiting for room.
+        self._room_freed = threading.Condition()
+        self._room_waiters = 0
+        self._queues = [
+            _WorkQueue(queue_size, metrics, self._accepted_key, self._took_from_queue) for _ in range(count)
+        ]
         self._threads = [
             threading.Thread(
                 target=self._work,
@@ -350,6 +360,20 @@ class Dispatcher:
     def room(self) -> int:
         """How many more messages the queues can take now, all workers together."""
         return sum(q.maxsize - q.qsize() for q in self._queues)
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds until :meth:`room` is above zero."""
+        with self._room_freed:
+            self._room_waiters += 1
+            try:
+                return self._room_freed.wait_for(lambda: self.room() > 0, timeout)
+            finally:
+                self._room_waiters -= 1
+
+    def _took_from_queue(self) -> None:
+        if self._room_waiters:  # an unlocked look: the hot path pays nothing when nobody waits
+            with self._room_freed:
+                self._room_freed.notify_all()
 
     def _put(self, q: _WorkQueue, item: _Item, timeout: float | None) -> None:
         message = item[0]

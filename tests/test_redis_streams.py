@@ -271,6 +271,31 @@ def test_what_a_stopped_consumer_held_or_queued_goes_to_the_others(
     assert second.get_metrics()["claimed_in"] == 3
 
 
+def test_busy_inbound_workers_do_not_hold_up_outbound(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    gate = threading.Event()
+    replies = Recorder()
+    bus = create_bus(queue_config(redis_server, workers=1) | {"gateway": {"message_queue_size": 1}})
+    assert isinstance(bus, RedisStreamBus)
+    buses.append(bus)
+    bus.register_inbound_handler("telegram", lambda m: gate.wait(WAIT))
+    bus.register_outbound_handler("telegram", replies)
+    bus.start()
+    try:
+        bus.send_many(Direction.INBOUND, [msg(str(n)) for n in range(5)])
+        deadline = time.monotonic() + WAIT
+        while bus.get_metrics()["messages_in"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # one in the stuck handler, one queued: inbound is full
+        bus.send_outbound(msg("reply"))
+        assert replies.wait_for_count(1, timeout=5.0)
+        assert bus.get_metrics()["messages_in"] == 2  # the other three wait in Redis, not in memory
+    finally:
+        gate.set()
+    assert bus.wait_idle(WAIT)
+    assert bus.get_metrics()["handled_in"] == 5
+
+
 def test_departed_consumers_that_hold_nothing_are_removed(
     redis_server: RedisServer, buses: list[RedisStreamBus]
 ) -> None:

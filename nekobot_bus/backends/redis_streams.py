@@ -428,18 +428,16 @@ class RedisStreamBus(Bus):
             if now >= next_cleanup:
                 self._forget_departed(conn, streams[:-1])
                 next_cleanup = now + self.claim_idle * 5
-            # Read no more than the workers have room for: entries left in
-            # Redis wait safely, while a full queue would have to drop them.
-            room = min(self._dispatchers[d].room() for d in Direction)
-            count = min(_READ_COUNT, room // max(1, len(streams) - 1))  # the wake stream holds ~nothing
-            if count < 1:
-                self._stopping.wait(0.01)
+            reading = self._streams_with_room(streams[:-1])
+            if reading is None:
                 continue
+            count, readable = reading
+            readable.append(self._wake_stream)
             try:
                 reply = _call(
                     conn,
                     "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
-                    "BLOCK", int(_BLOCK * 1000), "STREAMS", *streams, *[">"] * len(streams),
+                    "BLOCK", int(_BLOCK * 1000), "STREAMS", *readable, *[">"] * len(readable),
                 )  # fmt: skip
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -452,6 +450,23 @@ class RedisStreamBus(Bus):
                     _call(conn, "XACK", name, self.group, *[entry_id for entry_id, _ in entries])
                     continue
                 self._take(name, [(entry_id, fields, 1) for entry_id, fields in entries], False)
+
+    def _streams_with_room(self, streams: list[str]) -> tuple[int, list[str]] | None:
+        """The streams whose workers have room, and how many entries to read from each.
+
+        Read no more than the workers can take: entries left in Redis wait
+        safely, where a full queue would have to drop them. A direction whose
+        workers are busy does not hold up the other. ``None`` (after waiting
+        for room up to one read's time) when no direction has room.
+        """
+        rooms = {d: self._dispatchers[d].room() for d in Direction}
+        readable = [s for s in streams if rooms[self._direction_of(s) or Direction.INBOUND] > 0]
+        if streams and not readable:
+            busy = {self._direction_of(s) or Direction.INBOUND for s in streams}
+            self._dispatchers[busy.pop()].wait_for_room(_BLOCK)
+            return None
+        room = min((rooms[self._direction_of(s) or Direction.INBOUND] for s in readable), default=1)
+        return max(1, min(_READ_COUNT, room // max(1, len(readable)))), readable
 
     def _streams_to_read(self, conn: Any | None) -> list[str]:
         """The streams with handlers here; for ``"*"``, every stream a sender announced.
