@@ -344,6 +344,25 @@ def test_killed_connection_and_paused_server_then_delivery_resumes(
     assert bus.health()["connected"]
 
 
+def test_a_restart_that_lost_everything_recreates_groups_and_streams(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    everything = Recorder()
+    agent = new_bus(buses, redis_server)
+    agent.register_inbound_handler("*", everything)  # finds streams through the senders' announcements
+    agent.start()
+    gateway = new_bus(buses, redis_server, send_timeout=10.0)
+    gateway.send_inbound(msg("before", channel="discord"))
+    assert everything.wait_for_count(1)
+    redis_server.restart()  # no persistence: streams, groups and announcements are gone
+    deadline = time.monotonic() + WAIT
+    while len(everything.contents) < 2 and time.monotonic() < deadline:
+        gateway.send_inbound(msg("after", channel="discord"))
+        everything.wait_for_count(2, timeout=1.0)
+    assert everything.contents[:2] == ["before", "after"]
+    assert agent.get_metrics()["reconnects"] >= 1
+
+
 def test_stop_is_bounded_with_the_server_down(redis_server: RedisServer, buses: list[RedisStreamBus]) -> None:
     bus = new_bus(buses, redis_server, send_timeout=1.0)
     bus.register_inbound_handler("telegram", Recorder())

@@ -199,7 +199,6 @@ class RedisStreamBus(Bus):
         # Entries the workers hold, by (stream, id): when they were taken or last renewed.
         self._held: dict[tuple[str, bytes], float] = {}
         self._held_lock = threading.Lock()
-        self._announced: set[str] = set()  # streams this bus has added to the registry set
         self._connected_since: float | None = None
         self._last_message_at: float | None = None
 
@@ -340,20 +339,19 @@ class RedisStreamBus(Bus):
         if not batch:
             return
         commands: list[tuple[Any, ...]] = []
-        new_streams = []
+        streams = set()
         for message in batch:
             stream = self.stream_name(direction, message.channel_id)
             body = codec.encode(message, max_size=self.max_message_size)
             commands.append(("XADD", stream, "MAXLEN", "~", self.max_len, "*", "message", body))
-            if stream not in self._announced:
-                new_streams.append(stream)
-        if new_streams:
-            commands.append(("SADD", self._registry_key, *new_streams))
+            streams.add(stream)
+        # Announced with every batch, in the same round trip: "*" consumers
+        # find streams there, also after a restart that lost the set.
+        commands.append(("SADD", self._registry_key, *streams))
         replies = self._runner.run(commands, f"adding {len(batch)} message(s)")
         for reply in replies:
             if isinstance(reply, Exception):
                 raise BusConnectionError(f"Redis at {self.address} refused XADD: {reply}")
-        self._announced.update(new_streams)
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
 
     # -- reading ----------------------------------------------------------
