@@ -2,8 +2,8 @@
 
 ``python -m tests.queue_agent ADDR PREFIX LOG [--delay S] [--dedup S] [--channels A,B]``
 joins group ``agents`` and handles every inbound message by appending
-``<message id> <content>`` to LOG, a line per message, flushed at once so
-that a SIGKILL loses nothing it wrote. It prints ``ready`` once reading and,
+``<message id> <content> <session> <time>`` to LOG, a line per message,
+flushed at once so that a SIGKILL loses nothing it wrote. It prints ``ready`` once reading and,
 at end of input, stops and prints its metrics as one JSON line.
 """
 
@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds each message takes")
     parser.add_argument("--dedup", type=float, default=0.0, help="dedup_window")
     parser.add_argument("--channels", default="*", help="comma-separated channels to handle")
+    parser.add_argument("--shards", type=int, default=0, help="shards, for session order across agents")
     args = parser.parse_args()
     bus = create_bus(
         {
@@ -37,6 +38,7 @@ def main() -> int:
                 "group": "agents",
                 "claim_idle": 1.0,
                 "dedup_window": args.dedup,
+                "shards": args.shards,
                 "health_check_timeout": 1.0,
             },
             "gateway": {"message_queue_size": 1000},
@@ -49,7 +51,7 @@ def main() -> int:
             if args.delay:
                 time.sleep(args.delay)
             with lock:
-                log.write(f"{message.id} {message.content}\n")
+                log.write(f"{message.id} {message.content} {message.session_id} {time.time():.6f}\n")
                 log.flush()
 
         for channel in args.channels.split(","):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -426,9 +426,13 @@ class Agent:
         assert self.proc.stdout.readline().strip() == "ready"
 
     def handled(self) -> list[str]:
+        return [line[0] for line in self.lines()]
+
+    def lines(self) -> list[list[str]]:
+        """``[id, content, session, time]`` per message handled, in handling order."""
         if not self.log.exists():
             return []
-        return [line.split(" ", 1)[0] for line in self.log.read_text().splitlines() if line]
+        return [line.split(" ") for line in self.log.read_text().splitlines() if line]
 
     def finish(self) -> dict[str, int]:
         assert self.proc.stdin is not None
@@ -529,3 +533,103 @@ def test_an_agent_killed_mid_burst_loses_nothing(
         for agent in agents:
             agent.ensure_dead()
     assert sum(m["claimed_in"] for m in survivors) >= 1
+
+
+def in_session_order(handlings: list[tuple[float, str, str, int]]) -> dict[str, list[int]]:
+    """Per session, the message numbers in the order they were first handled."""
+    first: dict[str, tuple[float, str, int]] = {}
+    for when, message_id, session, number in handlings:
+        if message_id not in first or when < first[message_id][0]:
+            first[message_id] = (when, session, number)
+    order: dict[str, list[int]] = defaultdict(list)
+    for _when, session, number in sorted(first.values()):
+        order[session].append(number)
+    return order
+
+
+def test_shards_keep_each_session_in_order_across_the_consumers_of_a_group(
+    redis_server: RedisServer, buses: list[RedisStreamBus]
+) -> None:
+    handlings: list[tuple[float, str, str, int]] = []
+    lock = threading.Lock()
+    done = threading.Semaphore(0)
+
+    def handle(message: Message) -> None:
+        time.sleep(0.002)  # long enough for the consumers' work to overlap
+        with lock:
+            handlings.append((time.monotonic(), message.id, message.session_id, int(message.content)))
+        done.release()
+
+    agents = [new_bus(buses, redis_server, group="agents", shards=6) for _ in range(3)]
+    for agent in agents:
+        agent.register_inbound_handler("telegram", handle)
+        agent.start()
+    deadline = time.monotonic() + WAIT
+    while sorted(len(agent.health()["shards"]) for agent in agents) != [2, 2, 2]:
+        assert time.monotonic() < deadline, "the agents never shared out the shards"
+        time.sleep(0.05)
+    gateway = new_bus(buses, redis_server, shards=6)
+    sessions, per_session = 24, 30
+    # All at once: without shards, consecutive messages of a session would run on several agents at once.
+    gateway.send_many(
+        Direction.INBOUND, [msg(str(n), session=f"s{s}") for n in range(per_session) for s in range(sessions)]
+    )
+    for _ in range(sessions * per_session):
+        assert done.acquire(timeout=WAIT)
+    order = in_session_order(handlings)
+    assert len(order) == sessions
+    for session, numbers in order.items():
+        assert numbers == list(range(per_session)), session
+    assert len(handlings) == sessions * per_session, "nothing was handled twice"
+    handled = [agent.get_metrics()["handled_in"] for agent in agents]
+    assert sum(handled) == sessions * per_session
+    assert all(handled), "each agent took its shards' sessions"
+
+
+def test_shards_keep_session_order_when_an_agent_is_killed(
+    redis_server: RedisServer, tmp_path: Path, buses: list[RedisStreamBus]
+) -> None:
+    agents = [
+        Agent(
+            redis_server,
+            tmp_path / f"agent{n}.log",
+            "--shards",
+            "4",
+            "--delay",
+            "0.005",
+            "--channels",
+            "telegram",
+        )
+        for n in range(3)
+    ]
+    try:
+        gateway = new_bus(buses, redis_server, shards=4)
+        sessions, per_session = 12, 40
+        sent = 0
+        for n in range(per_session):
+            gateway.send_many(Direction.INBOUND, [msg(str(n), session=f"s{s}") for s in range(sessions)])
+            sent += sessions
+            if n == per_session // 2:
+                agents[0].kill()  # whatever it held is claimed, in order, by whoever takes its shards
+            time.sleep(0.03)
+        ids_needed = sessions * per_session
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            handled = {line[0] for agent in agents for line in agent.lines()}
+            if len(handled) >= ids_needed:
+                break
+            time.sleep(0.1)
+        handlings = [
+            (float(when), message_id, session, int(content))
+            for agent in agents
+            for message_id, content, session, when in agent.lines()
+        ]
+        order = in_session_order(handlings)
+        assert sum(len(numbers) for numbers in order.values()) == sent
+        for session, numbers in order.items():
+            assert numbers == list(range(per_session)), session
+        survivors = [agent.finish() for agent in agents[1:]]
+    finally:
+        for agent in agents:
+            agent.ensure_dead()
+    assert sum(m["handled_in"] for m in survivors) > 0

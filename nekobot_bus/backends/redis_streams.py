@@ -55,13 +55,16 @@ are removed once their entries were claimed.
 
 Ordering: one consumer hands each session's messages to one worker, in
 stream order, so a session whose messages all go to one consumer is handled
-in order. Across consumers of a group there is no order, and a retried or
-claimed message is handled after the ones behind it.
+in order. Without ``shards``, consumers of a group share every stream, so
+there is no order across them, and a retried or claimed message is handled
+after the ones behind it. With ``shards`` each session lives in one shard
+stream that one consumer at a time reads (:mod:`._stream_shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -92,6 +95,7 @@ from ._redis_common import (
     redact,
 )
 from ._stream_acker import Acker, Entry
+from ._stream_shards import ShardLeases, shard_of, shard_stream, split_shard
 
 __all__ = ["DEFAULT_GROUP", "RedisStreamBus"]
 
@@ -102,6 +106,21 @@ DEFAULT_GROUP = "nekobot"
 _BLOCK = 0.25  # seconds one XREADGROUP waits; bounds how late the reader sees a change
 _READ_COUNT = 256  # entries per stream per read
 _DISCOVERY_INTERVAL = 1.0  # seconds between looks for new streams, for "*" handlers
+
+
+@dataclasses.dataclass
+class _ReadPlan:
+    """What the reader knows on one connection: the streams it reads and when to look again."""
+
+    cleanup_at: float
+    streams: list[str] = dataclasses.field(default_factory=list)  # without the wake stream
+    grouped: set[str] = dataclasses.field(default_factory=set)  # streams whose group exists
+    taken_over: set[str] = dataclasses.field(default_factory=set)  # shards whose leftovers were claimed
+    generation: int = -1
+    shards: frozenset[str] | None = None  # the shard streams leased, when sharded
+    discovery_at: float = 0.0
+    claim_at: float = 0.0
+    lease_at: float = 0.0
 
 
 class RedisStreamBus(Bus):
@@ -122,6 +141,11 @@ class RedisStreamBus(Bus):
         so a redelivered copy is acknowledged without being handled again;
         ``0`` turns that off.
     :param max_len: approximate length each stream is trimmed to.
+    :param shards: split each stream in this many shards by session, each
+        read by one consumer at a time, so that a session's messages are
+        handled in order across the group (see :mod:`._stream_shards`);
+        ``0``: one stream per channel, order kept within a consumer only.
+        Every process of a group must use the same number.
     """
 
     type_name = "redis"
@@ -152,6 +176,7 @@ class RedisStreamBus(Bus):
         retry_backoff: float = 0.5,
         dedup_window: float = 0.0,
         max_len: int = 100_000,
+        shards: int = 0,
         health_check_timeout: float = 2.0,
         max_message_size: int = codec.DEFAULT_MAX_SIZE,
         redis_options: Mapping[str, Any] | None = None,
@@ -169,6 +194,7 @@ class RedisStreamBus(Bus):
         self.retry_backoff = retry_backoff
         self.dedup_window = dedup_window
         self.max_len = max_len
+        self.shards = shards
         self.health_check_timeout = health_check_timeout
         self.max_message_size = max_message_size
         options = client_options(redis_options)
@@ -191,6 +217,7 @@ class RedisStreamBus(Bus):
             dedup_window=dedup_window,
             release=self._release,
         )
+        self._leases: dict[str, ShardLeases] = {}  # by stream, with shards; the reader's only
         # Registration changes: written by registering threads, seen by the reader.
         self._subs = threading.Condition()
         self._generation = 0
@@ -229,6 +256,7 @@ class RedisStreamBus(Bus):
             "retry_backoff": bus.seconds("retry_backoff", 0.5),
             "dedup_window": bus.seconds("dedup_window", 0.0),
             "max_len": bus.integer("max_len", 100_000, minimum=1),
+            "shards": bus.integer("shards", 0, minimum=0),
             "health_check_timeout": bus.seconds("health_check_timeout", 2.0, minimum=0.1),
             "max_message_size": bus.integer("max_message_size", codec.DEFAULT_MAX_SIZE, minimum=1024),
         }
@@ -296,6 +324,8 @@ class RedisStreamBus(Bus):
         alive = self._acker.stop(deadline)
         if not alive:
             self._leave_group()
+        for leases in self._leases.values():
+            leases.release_all()
         self._client.close()
         self._reader_pool.disconnect()
         return alive
@@ -311,7 +341,7 @@ class RedisStreamBus(Bus):
         """Remove this consumer from its groups where it holds nothing (best effort)."""
         with contextlib.suppress(BusConnectionError, redis.RedisError):
             self._runner.run([("DEL", self._wake_stream)], "leaving")
-            streams = sorted(self._consumed_streams())
+            streams = self._streams_to_read(None, every_shard=True)
             replies = self._runner.run(
                 [("XPENDING", s, self.group, "-", "+", 1, self.consumer) for s in streams], "leaving"
             )
@@ -342,6 +372,8 @@ class RedisStreamBus(Bus):
         streams = set()
         for message in batch:
             stream = self.stream_name(direction, message.channel_id)
+            if self.shards:
+                stream = shard_stream(stream, shard_of(message.session_id, self.shards))
             body = codec.encode(message, max_size=self.max_message_size)
             commands.append(("XADD", stream, "MAXLEN", "~", self.max_len, "*", "message", body))
             streams.add(stream)
@@ -400,47 +432,24 @@ class RedisStreamBus(Bus):
         self._connected_since = time.time()
         if not first:
             logger.info("Redis queue reader reconnected to %s", self.address)
-        streams: list[str] = []
-        grouped: set[str] = set()
-        generation = -1
-        next_discovery = next_claim = 0.0
-        next_cleanup = time.monotonic() + self.claim_idle * 5
+        plan = _ReadPlan(cleanup_at=time.monotonic() + self.claim_idle * 5)
         while not self._stopping.is_set():
-            now = time.monotonic()
-            if generation != self._generation or now >= next_discovery:
-                generation = self._generation
-                streams = [*self._streams_to_read(conn), self._wake_stream]
-                next_discovery = now + _DISCOVERY_INTERVAL
-            missing = [s for s in streams if s not in grouped]
-            if missing:
-                self._create_groups(conn, missing)
-                grouped.update(missing)
-            if self._seen_generation != generation:
-                with self._subs:
-                    self._seen_generation = generation
-                    self._subs.notify_all()
-            if now >= next_claim:
-                self._renew_held()
-                self._claim(conn, streams[:-1])
-                next_claim = now + self.claim_idle / 4
-            if now >= next_cleanup:
-                self._forget_departed(conn, streams[:-1])
-                next_cleanup = now + self.claim_idle * 5
-            reading = self._streams_with_room(streams[:-1])
+            self._prepare(conn, plan, time.monotonic())
+            reading = self._streams_with_room(plan.streams)
             if reading is None:
                 continue
-            count, readable = reading
-            readable.append(self._wake_stream)
+            count, names = reading
+            names.append(self._wake_stream)
             try:
                 reply = _call(
                     conn,
                     "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
-                    "BLOCK", int(_BLOCK * 1000), "STREAMS", *readable, *[">"] * len(readable),
+                    "BLOCK", int(_BLOCK * 1000), "STREAMS", *names, *[">"] * len(names),
                 )  # fmt: skip
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                grouped.clear()  # the stream or its group is gone (a restart without persistence)
+                plan.grouped.clear()  # the stream or its group is gone (a restart without persistence)
                 continue
             for stream, entries in reply or ():
                 name = stream.decode()
@@ -448,6 +457,38 @@ class RedisStreamBus(Bus):
                     _call(conn, "XACK", name, self.group, *[entry_id for entry_id, _ in entries])
                     continue
                 self._take(name, [(entry_id, fields, 1) for entry_id, fields in entries], False)
+
+    def _prepare(self, conn: Any, plan: _ReadPlan, now: float) -> None:
+        """Everything the reader does between two reads, each at its own pace."""
+        if self.shards and now >= plan.lease_at:
+            self._refresh_leases(conn)
+            plan.lease_at = now + self.claim_idle / 4
+        shards = self._readable_shards() if self.shards else None
+        if plan.generation != self._generation or now >= plan.discovery_at or shards != plan.shards:
+            plan.generation, plan.shards = self._generation, shards
+            plan.streams = self._streams_to_read(conn)
+            plan.discovery_at = now + _DISCOVERY_INTERVAL
+        missing = [s for s in [*plan.streams, self._wake_stream] if s not in plan.grouped]
+        if missing:
+            self._create_groups(conn, missing)
+            plan.grouped.update(missing)
+        if self.shards:
+            plan.taken_over &= set(plan.streams)
+            for stream in plan.streams:
+                if stream not in plan.taken_over:
+                    self._take_over(conn, stream)
+                    plan.taken_over.add(stream)
+        if self._seen_generation != plan.generation:
+            with self._subs:
+                self._seen_generation = plan.generation
+                self._subs.notify_all()
+        if now >= plan.claim_at:
+            self._renew_held()
+            self._claim(conn, plan.streams)
+            plan.claim_at = now + self.claim_idle / 4
+        if now >= plan.cleanup_at:
+            self._forget_departed(conn, plan.streams)
+            plan.cleanup_at = now + self.claim_idle * 5
 
     def _streams_with_room(self, streams: list[str]) -> tuple[int, list[str]] | None:
         """The streams whose workers have room, and how many entries to read from each.
@@ -466,20 +507,83 @@ class RedisStreamBus(Bus):
         room = min((rooms[self._direction_of(s) or Direction.INBOUND] for s in readable), default=1)
         return max(1, min(_READ_COUNT, room // max(1, len(readable)))), readable
 
-    def _streams_to_read(self, conn: Any | None) -> list[str]:
+    def _streams_to_read(self, conn: Any | None, *, every_shard: bool = False) -> list[str]:
         """The streams with handlers here; for ``"*"``, every stream a sender announced.
+
+        Sharded, only the shards this consumer holds, or all with *every_shard*.
 
         :param conn: the reader's connection, or ``None`` to ask on a pooled one.
         """
-        streams = self._consumed_streams()
+        bases = self._bases(conn)
+        if not self.shards:
+            return sorted(bases)
+        if every_shard:
+            return sorted(shard_stream(base, k) for base in bases for k in range(self.shards))
+        return sorted(s for s in self._readable_shards() if split_shard(s)[0] in bases)
+
+    def _bases(self, conn: Any | None) -> set[str]:
+        """The streams (without shard) that have handlers here, announced ones for ``"*"``."""
+        bases = self._consumed_streams()
         wildcard = [d for d in Direction if WILDCARD in self._registries[d].channels()]
         if wildcard:
             if conn is None:
                 [names] = self._runner.run([("SMEMBERS", self._registry_key)], "listing streams")
             else:
                 names = _call(conn, "SMEMBERS", self._registry_key)
-            streams |= {s for s in (n.decode() for n in names) if self._direction_of(s) in wildcard}
-        return sorted(streams)
+            for base, shard in (split_shard(n.decode()) for n in names):
+                if (shard is not None) == bool(self.shards) and self._direction_of(base) in wildcard:
+                    bases.add(base)
+        return bases
+
+    def _refresh_leases(self, conn: Any) -> None:
+        """Take part in sharing the shards of each stream read here; leave those no longer read."""
+        bases = self._bases(conn)
+        for base in bases - set(self._leases):
+            self._leases[base] = ShardLeases(
+                self._runner,
+                prefix=self.prefix,
+                group=self.group,
+                stream=base,
+                consumer=self.consumer,
+                shards=self.shards,
+                lease_seconds=self.claim_idle,
+            )
+        for base in set(self._leases) - bases:
+            self._leases.pop(base).release_all()
+        for leases in self._leases.values():
+            leases.refresh(self._holds_stream)
+
+    def _readable_shards(self) -> frozenset[str]:
+        return frozenset().union(*(leases.readable for leases in self._leases.values()))
+
+    def _holds_stream(self, stream: str) -> bool:
+        with self._held_lock:
+            return any(held_stream == stream for held_stream, _ in self._held)
+
+    def _take_over(self, conn: Any, stream: str) -> None:
+        """Claim what other consumers left pending in a shard this consumer just got, before newer entries.
+
+        A lease is taken only when free: its former owner gave it back after
+        acknowledging all it held, or it died. Anything still pending is a
+        dead owner's, and comes first in the session's order.
+        """
+        rows = _call(conn, "XPENDING", stream, self.group, "-", "+", 10_000)
+        me = self.consumer.encode()
+        with self._held_lock:
+            held = set(self._held)
+        deliveries = {
+            entry_id: int(count) + 1
+            for entry_id, consumer, _idle, count in rows
+            if consumer != me and (stream, entry_id) not in held
+        }
+        if not deliveries:
+            return
+        claimed = [
+            (entry_id, fields)
+            for entry_id, fields in _call(conn, "XCLAIM", stream, self.group, self.consumer, 0, *deliveries)
+            if fields is not None
+        ]
+        self._take(stream, [(i, f, deliveries[i]) for i, f in claimed], True)
 
     def _create_groups(self, conn: Any, streams: list[str]) -> None:
         for stream in streams:
@@ -499,6 +603,8 @@ class RedisStreamBus(Bus):
                 if now - since > self.claim_idle / 4:
                     stale[stream].append(entry_id)
                     self._held[(stream, entry_id)] = now
+        for leases in self._leases.values():
+            leases.renew()
         if stale:
             # JUSTID: resets the idle time without counting a delivery.
             self._runner.run(
@@ -569,9 +675,8 @@ class RedisStreamBus(Bus):
             except MessageDecodeError as exc:
                 self._metrics.incr("decode_errors")
                 logger.warning("undecodable entry %s on %s: %s", entry_id.decode(), stream, exc)
-                self._dead_letter(
-                    entry, f"undecodable: {exc}", channel_id=stream[len(self._names[direction]) :]
-                )
+                channel_id = split_shard(stream)[0][len(self._names[direction]) :]
+                self._dead_letter(entry, f"undecodable: {exc}", channel_id=channel_id)
                 continue
             if deliveries > self.max_deliveries:
                 # Delivered that often without an acknowledgement: it keeps killing its consumers.
@@ -687,7 +792,7 @@ class RedisStreamBus(Bus):
     def _group_state(self) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
         """For each stream read: its last entry id, the last id the group took, and its pending count."""
         commands: list[tuple[Any, ...]] = []
-        for stream in self._streams_to_read(None):
+        for stream in self._streams_to_read(None, every_shard=True):
             commands += [("XINFO", "STREAM", stream), ("XINFO", "GROUPS", stream)]
         replies = self._runner.run(commands, "reading the groups' state") if commands else []
         state = []
@@ -756,6 +861,7 @@ class RedisStreamBus(Bus):
             "address": self.address,
             "group": self.group,
             "consumer": self.consumer,
+            "shards": sorted(self._readable_shards()) if self.shards else None,
             "pid": os.getpid(),
         }
 
