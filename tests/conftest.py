@@ -75,7 +75,7 @@ def queue_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
     return redis_config(server, **{"delivery": "queue", "claim_idle": 1.0, "retry_backoff": 0.05, **bus})
 
 
-@pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis", "redis-queue"])
+@pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis", "redis-queue", "redis-queue-sharded"])
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The config of each backend the contract tests run against.
 
@@ -86,6 +86,8 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
         return redis_config(request.getfixturevalue("redis_server"))
     if request.param == "redis-queue":
         return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1)
+    if request.param == "redis-queue-sharded":
+        return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1, shards=4)
     return LOCAL_BACKENDS[str(request.param)]
 
 
