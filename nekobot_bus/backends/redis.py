@@ -44,8 +44,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
-import socket
 import threading
 import time
 import uuid
@@ -68,6 +66,7 @@ from ..errors import (
     UnroutedMessageError,
 )
 from ..message import WILDCARD, Message
+from ._reader_link import ReaderLink
 from ._redis_common import (
     DEFAULT_PREFIX,
     CommandRunner,
@@ -147,10 +146,16 @@ class RedisBus(Bus):
         # The reader speaks RESP2 on a bare connection of its own: subscriber
         # messages are then plain arrays, read without redis-py's PubSub layer
         # (a tenth of its cost per message).
-        self._reader_pool = redis.ConnectionPool.from_url(url, **options, protocol=2, decode_responses=False)
+        self._stopping = threading.Event()
+        self._link = ReaderLink(
+            redis.ConnectionPool.from_url(url, **options, protocol=2, decode_responses=False),
+            address=self.address,
+            name="Redis reader",
+            metrics=self._metrics,
+            stopping=self._stopping,
+        )
         self._channel_names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._wake_channel = f"{prefix}wake:{uuid.uuid4().hex}"
-        self._stopping = threading.Event()
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus
         # Subscription state: _wanted is written by registering threads,
         # _confirmed by the reader; both guarded by _subs.
@@ -159,14 +164,12 @@ class RedisBus(Bus):
         self._confirmed: frozenset[str] = frozenset()
         self._generation = 0
         self._confirmed_generation = -1
-        self._reader_conn: Any = None
         # Messages this bus published to a channel it listens to, not yet read back.
         self._awaiting: dict[str, float] = {}
         self._awaiting_lock = threading.Condition()
         self._pending: list[tuple[Direction, Message]] = []
         self._publishing = False  # True once start() has published what waited
         self._lifecycle_pending = threading.Lock()
-        self._connected_since: float | None = None
         self._last_message_at: float | None = None
 
     def __repr__(self) -> str:
@@ -224,7 +227,12 @@ class RedisBus(Bus):
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
-        reader = threading.Thread(target=self._read_forever, name="nekobot-bus-redis-reader", daemon=True)
+        reader = threading.Thread(
+            target=self._link.run,
+            args=(self._read, self._count_lost),
+            name="nekobot-bus-redis-reader",
+            daemon=True,
+        )
         self._reader = reader
         reader.start()
         with self._subs:
@@ -232,7 +240,7 @@ class RedisBus(Bus):
         timeout = self.send_timeout if self.send_timeout is not None else 30.0
         if not self._wait_confirmed(generation, timeout):
             self._stopping.set()
-            self._interrupt_reader()
+            self._link.interrupt()
             reader.join(timeout)
             self._stopping.clear()  # start() may be tried again
             raise BusConnectionError(f"could not subscribe on Redis at {self.address} within {timeout} s")
@@ -248,24 +256,16 @@ class RedisBus(Bus):
         if drain and self._reader is not None and self._reader.is_alive():
             self._wait_read_back(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
-        self._interrupt_reader()
+        self._link.interrupt()
         alive = join_all([self._reader] if self._reader is not None else [], deadline)
         self._client.close()
-        self._reader_pool.disconnect()
+        self._link.close()
         return alive
 
     def _wake_reader(self) -> None:
         # Best effort: the reader's read timeout bounds the delay anyway.
         with contextlib.suppress(redis.RedisError):
             self._client.publish(self._wake_channel, b"")
-
-    def _interrupt_reader(self) -> None:
-        # Shutting the socket down unblocks a reader stuck on a paused server.
-        conn = self._reader_conn
-        sock = getattr(conn, "_sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     # -- sending ----------------------------------------------------------
 
@@ -341,63 +341,33 @@ class RedisBus(Bus):
 
     # -- reading ----------------------------------------------------------
 
-    def _read_forever(self) -> None:
-        backoff = 0.05
-        first = True
+    def _read(self, conn: Any) -> None:
+        """The reader's loop on one connection (see :class:`ReaderLink` for the rest)."""
+        subscribed: set[str] = set()
+        pending = {"subscribe": 0}
+        generation = self._sync_subscriptions(conn, subscribed, pending)
+        ping_sent_at: float | None = None
+        last_heard = time.monotonic()
         while not self._stopping.is_set():
+            # An unlocked read: a change missed here is seen on the next pass,
+            # which the wake message makes immediate.
+            if self._generation != generation:
+                generation = self._sync_subscriptions(conn, subscribed, pending)
             try:
-                self._read_connection(first)
-                backoff = 0.05
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                self._metrics.incr("connection_errors")
-                logger.warning("Redis reader at %s lost its connection (%s); reconnecting", self.address, exc)
-            finally:
-                self._connected_since = None
-                self._count_lost()
-            if self._stopping.wait(backoff * random.uniform(0.5, 1.0)):
-                break
-            backoff = min(backoff * 2, 5.0)
-            self._metrics.incr("reconnects")
-            first = False
-
-    def _read_connection(self, first: bool) -> None:
-        conn = self._reader_pool.get_connection()
-        try:
-            self._reader_conn = conn
-            subscribed: set[str] = set()
-            pending = {"subscribe": 0}
-            generation = self._sync_subscriptions(conn, subscribed, pending)
-            ping_sent_at: float | None = None
+                # One blocking read: a reply split by the timeout is kept
+                # by the parser and completed by the next read.
+                response = conn.read_response(timeout=_READ_TIMEOUT, disconnect_on_error=False)
+            except redis.TimeoutError:
+                now = time.monotonic()
+                if ping_sent_at is not None and now - ping_sent_at > self.health_check_timeout:
+                    raise ConnectionError(f"no PONG within {self.health_check_timeout} s") from None
+                if ping_sent_at is None and now - last_heard > self.health_check_interval:
+                    conn.send_command("PING")
+                    ping_sent_at = now
+                continue
             last_heard = time.monotonic()
-            self._connected_since = time.time()
-            if not first:
-                logger.info("Redis reader reconnected to %s", self.address)
-            while not self._stopping.is_set():
-                # An unlocked read: a change missed here is seen on the next pass,
-                # which the wake message makes immediate.
-                if self._generation != generation:
-                    generation = self._sync_subscriptions(conn, subscribed, pending)
-                try:
-                    # One blocking read: a reply split by the timeout is kept
-                    # by the parser and completed by the next read.
-                    response = conn.read_response(timeout=_READ_TIMEOUT, disconnect_on_error=False)
-                except redis.TimeoutError:
-                    now = time.monotonic()
-                    if ping_sent_at is not None and now - ping_sent_at > self.health_check_timeout:
-                        raise ConnectionError(f"no PONG within {self.health_check_timeout} s") from None
-                    if ping_sent_at is None and now - last_heard > self.health_check_interval:
-                        conn.send_command("PING")
-                        ping_sent_at = now
-                    continue
-                last_heard = time.monotonic()
-                ping_sent_at = None
-                self._on_response(response, pending, generation)
-        finally:
-            self._reader_conn = None
-            conn.disconnect()
-            self._reader_pool.release(conn)
+            ping_sent_at = None
+            self._on_response(response, pending, generation)
 
     def _sync_subscriptions(self, conn: Any, subscribed: set[str], pending: dict[str, int]) -> int:
         with self._subs:
@@ -490,7 +460,7 @@ class RedisBus(Bus):
 
     def health(self) -> dict[str, Any]:
         """Liveness of the reader: connected and subscribed, since when, last message age."""
-        since = self._connected_since
+        since = self._link.connected_since
         last = self._last_message_at
         with self._subs:
             subscribed = self._confirmed_generation == self._generation

@@ -67,7 +67,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -85,6 +84,7 @@ from ..bus import Bus
 from ..dispatch import Direction, Handler, Settle
 from ..errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
 from ..message import WILDCARD, Message
+from ._reader_link import ReaderLink
 from ._redis_common import (
     DEFAULT_PREFIX,
     CommandRunner,
@@ -203,11 +203,16 @@ class RedisStreamBus(Bus):
         # The reader's own connection: RESP2 arrays, and a socket timeout just
         # past the blocking read's, so a paused server is noticed.
         reader_options = options | {"socket_timeout": _BLOCK + health_check_timeout, "protocol": 2}
-        self._reader_pool = redis.ConnectionPool.from_url(url, **reader_options, decode_responses=False)
-        self._reader_conn: Any = None
         self._names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._registry_key = f"{prefix}streams"
         self._stopping = threading.Event()
+        self._link = ReaderLink(
+            redis.ConnectionPool.from_url(url, **reader_options, decode_responses=False),
+            address=self.address,
+            name="Redis queue reader",
+            metrics=self._metrics,
+            stopping=self._stopping,
+        )
         self._reader: threading.Thread | None = None
         self._acker = Acker(
             self._runner,
@@ -226,7 +231,6 @@ class RedisStreamBus(Bus):
         # Entries the workers hold, by (stream, id): when they were taken or last renewed.
         self._held: dict[tuple[str, bytes], float] = {}
         self._held_lock = threading.Lock()
-        self._connected_since: float | None = None
         self._last_message_at: float | None = None
 
     def __repr__(self) -> str:
@@ -307,7 +311,7 @@ class RedisStreamBus(Bus):
         # Fail fast, as the fan-out does, when Redis is not there at all.
         self._runner.run([("PING",)], "connecting")
         self._reader = threading.Thread(
-            target=self._read_forever, name="nekobot-bus-redis-queue-reader", daemon=True
+            target=self._link.run, args=(self._read,), name="nekobot-bus-redis-queue-reader", daemon=True
         )
         self._reader.start()
         self._acker.start()
@@ -317,7 +321,7 @@ class RedisStreamBus(Bus):
             # Take what the streams hold now, so what was sent before stop() is handled.
             self._wait_group_caught_up(deadline)
         self._stopping.set()
-        self._interrupt_reader()
+        self._link.interrupt()
         return join_all([self._reader] if self._reader is not None else [], deadline)
 
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
@@ -327,15 +331,8 @@ class RedisStreamBus(Bus):
         for leases in self._leases.values():
             leases.release_all()
         self._client.close()
-        self._reader_pool.disconnect()
+        self._link.close()
         return alive
-
-    def _interrupt_reader(self) -> None:
-        # Shutting the socket down unblocks a reader stuck on a paused server.
-        sock = getattr(self._reader_conn, "_sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     def _leave_group(self) -> None:
         """Remove this consumer from its groups where it holds nothing (best effort)."""
@@ -396,42 +393,8 @@ class RedisStreamBus(Bus):
             if channel != WILDCARD
         }
 
-    def _read_forever(self) -> None:
-        backoff = 0.05
-        first = True
-        while not self._stopping.is_set():
-            try:
-                self._read_connection(first)
-                backoff = 0.05
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                self._metrics.incr("connection_errors")
-                logger.warning(
-                    "Redis queue reader at %s lost its connection (%s); reconnecting", self.address, exc
-                )
-            finally:
-                self._connected_since = None
-            if self._stopping.wait(backoff * random.uniform(0.5, 1.0)):
-                break
-            backoff = min(backoff * 2, 5.0)
-            self._metrics.incr("reconnects")
-            first = False
-
-    def _read_connection(self, first: bool) -> None:
-        conn = self._reader_pool.get_connection()
-        try:
-            self._reader_conn = conn
-            self._read_from(conn, first)
-        finally:
-            self._reader_conn = None
-            conn.disconnect()
-            self._reader_pool.release(conn)
-
-    def _read_from(self, conn: Any, first: bool) -> None:
-        self._connected_since = time.time()
-        if not first:
-            logger.info("Redis queue reader reconnected to %s", self.address)
+    def _read(self, conn: Any) -> None:
+        """The reader's loop on one connection (see :class:`ReaderLink` for the rest)."""
         plan = _ReadPlan(cleanup_at=time.monotonic() + self.claim_idle * 5)
         while not self._stopping.is_set():
             self._prepare(conn, plan, time.monotonic())
@@ -850,7 +813,7 @@ class RedisStreamBus(Bus):
 
     def health(self) -> dict[str, Any]:
         """Liveness of the reader: connected, since when, last entry age, this consumer's name."""
-        since = self._connected_since
+        since = self._link.connected_since
         last = self._last_message_at
         connected = since is not None and self.running
         return {
