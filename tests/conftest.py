@@ -92,15 +92,21 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_bus(backend_config: dict[str, Any]) -> Iterator[BusFactory]:
-    """Build buses of the current backend, with config overrides; all are stopped at the end."""
+def buses() -> Iterator[list[Bus]]:
+    """The buses a test puts here are stopped at its end, each within 10 s."""
     made: list[Bus] = []
+    yield made
+    for bus in made:
+        assert bus.stop(timeout=10), f"{bus!r} did not stop in time"
+
+
+@pytest.fixture
+def make_bus(backend_config: dict[str, Any], buses: list[Bus]) -> BusFactory:
+    """Build buses of the current backend, with config overrides; all are stopped at the end."""
 
     def factory(**overrides: dict[str, Any]) -> Bus:
         bus = create_bus(_merge(backend_config, overrides))
-        made.append(bus)
+        buses.append(bus)
         return bus
 
-    yield factory
-    for bus in made:
-        assert bus.stop(timeout=10), f"{bus!r} did not stop in time"
+    return factory

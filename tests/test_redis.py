@@ -6,13 +6,12 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nekobot_bus import BusConnectionError, ConfigError, Direction, Message, create_bus, decode
+from nekobot_bus import Bus, BusConnectionError, ConfigError, Direction, Message, create_bus, decode
 from nekobot_bus.backends.redis import RedisBus
 
 from .conftest import redis_config
@@ -22,15 +21,7 @@ from .test_codec import FIELDS, VECTORS
 WAIT = 10.0
 
 
-@pytest.fixture
-def buses() -> Iterator[list[RedisBus]]:
-    made: list[RedisBus] = []
-    yield made
-    for bus in made:
-        assert bus.stop(timeout=10), f"{bus!r} did not stop in time"
-
-
-def new_bus(made: list[RedisBus], server: RedisServer, **bus: Any) -> RedisBus:
+def new_bus(made: list[Bus], server: RedisServer, **bus: Any) -> RedisBus:
     created = create_bus(redis_config(server, **bus))
     assert isinstance(created, RedisBus)
     made.append(created)
@@ -69,7 +60,7 @@ def probe(bus: RedisBus, collector: Collector, timeout: float = 20.0) -> float:
     raise AssertionError(f"delivery did not resume within {timeout} s")
 
 
-def started_bus(made: list[RedisBus], server: RedisServer, **bus: Any) -> tuple[RedisBus, Collector]:
+def started_bus(made: list[Bus], server: RedisServer, **bus: Any) -> tuple[RedisBus, Collector]:
     """A started bus whose collector receives every inbound message of ``telegram``."""
     created = new_bus(made, server, **bus)
     collector = Collector()
@@ -120,7 +111,7 @@ def assert_nothing_silently_missing(bus: RedisBus, stream: Stream, collector: Co
 
 
 def test_a_go_payload_reaches_our_handler_and_ours_decodes_as_go_expects(
-    redis_server: RedisServer, buses: list[RedisBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     bus = new_bus(buses, redis_server)
     got: list[Message] = []
@@ -155,7 +146,7 @@ def test_a_go_payload_reaches_our_handler_and_ours_decodes_as_go_expects(
 
 
 def test_garbage_is_counted_and_the_next_good_message_arrives(
-    redis_server: RedisServer, buses: list[RedisBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     bus, collector = started_bus(buses, redis_server)
     garbage = [
@@ -177,7 +168,7 @@ def test_garbage_is_counted_and_the_next_good_message_arrives(
 
 
 def test_wildcard_and_exact_handlers_get_each_message_once(
-    redis_server: RedisServer, buses: list[RedisBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     bus = new_bus(buses, redis_server)
     exact, everything = Collector(), Collector()
@@ -193,7 +184,7 @@ def test_wildcard_and_exact_handlers_get_each_message_once(
 
 
 def test_killed_pubsub_connection_reconnects_and_delivery_resumes(
-    redis_server: RedisServer, buses: list[RedisBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     bus, collector = started_bus(buses, redis_server)
     probe(bus, collector)
@@ -208,7 +199,7 @@ def test_killed_pubsub_connection_reconnects_and_delivery_resumes(
     assert_nothing_silently_missing(bus, stream, collector)
 
 
-def test_server_down_for_15_s_then_back(redis_server: RedisServer, buses: list[RedisBus]) -> None:
+def test_server_down_for_15_s_then_back(redis_server: RedisServer, buses: list[Bus]) -> None:
     bus, collector = started_bus(buses, redis_server, send_timeout=0.5)
     with Stream(bus) as stream:
         time.sleep(0.3)
@@ -225,7 +216,7 @@ def test_server_down_for_15_s_then_back(redis_server: RedisServer, buses: list[R
     assert_nothing_silently_missing(bus, stream, collector)
 
 
-def test_paused_server_trips_the_liveness_check(redis_server: RedisServer, buses: list[RedisBus]) -> None:
+def test_paused_server_trips_the_liveness_check(redis_server: RedisServer, buses: list[Bus]) -> None:
     bus, collector = started_bus(buses, redis_server, send_timeout=0.5, socket_timeout=1.0)
     probe(bus, collector)
     with Stream(bus) as stream:
@@ -240,7 +231,7 @@ def test_paused_server_trips_the_liveness_check(redis_server: RedisServer, buses
     assert_nothing_silently_missing(bus, stream, collector)
 
 
-def test_slow_handler_does_not_get_the_subscriber_cut(tmp_path: Path, buses: list[RedisBus]) -> None:
+def test_slow_handler_does_not_get_the_subscriber_cut(tmp_path: Path, buses: list[Bus]) -> None:
     server = RedisServer(tmp_path, "--client-output-buffer-limit", "pubsub", "256kb", "0", "0")
     server.start()
     try:
@@ -267,13 +258,13 @@ def test_slow_handler_does_not_get_the_subscriber_cut(tmp_path: Path, buses: lis
         assert m["dropped_in"] > 0  # the queue (100) overflowed and said so
         assert len(handled) == m["handled_in"]
     finally:
-        for bus in buses:
-            bus.stop(5)
+        for made in buses:
+            made.stop(5)
         server.stop()
 
 
 def test_stop_with_the_server_stopped_returns_within_its_timeout(
-    redis_server: RedisServer, buses: list[RedisBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     bus = new_bus(buses, redis_server)
     bus.register_inbound_handler("telegram", lambda m: None)
@@ -285,7 +276,7 @@ def test_stop_with_the_server_stopped_returns_within_its_timeout(
 
 
 def test_stop_with_the_server_paused_returns_within_its_timeout(
-    redis_server: RedisServer, buses: list[RedisBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     bus = new_bus(buses, redis_server)
     bus.register_inbound_handler("telegram", lambda m: None)
@@ -300,7 +291,7 @@ def test_stop_with_the_server_paused_returns_within_its_timeout(
         redis_server.resume()
 
 
-def test_unreachable_redis_raises_naming_the_address_not_the_password(buses: list[RedisBus]) -> None:
+def test_unreachable_redis_raises_naming_the_address_not_the_password(buses: list[Bus]) -> None:
     port = free_port()
     bus = create_bus(
         {
@@ -323,7 +314,7 @@ def test_unreachable_redis_raises_naming_the_address_not_the_password(buses: lis
     assert "s3cret" not in str(info.value)
 
 
-def test_password_protected_server_and_the_go_config_shape(tmp_path: Path, buses: list[RedisBus]) -> None:
+def test_password_protected_server_and_the_go_config_shape(tmp_path: Path, buses: list[Bus]) -> None:
     server = RedisServer(tmp_path, password="s3cret")
     server.start()
     try:
@@ -343,8 +334,8 @@ def test_password_protected_server_and_the_go_config_shape(tmp_path: Path, buses
             bus.send_inbound(message)
             assert collector.wait_for(message.id)
     finally:
-        for bus in buses:
-            bus.stop(5)
+        for made in buses:
+            made.stop(5)
         server.stop()
 
 

@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nekobot_bus import BusConnectionError, Direction, Message, create_bus
+from nekobot_bus import Bus, BusConnectionError, Direction, Message, create_bus
 from nekobot_bus.backends.redis_streams import RedisStreamBus
 
 from .conftest import queue_config
@@ -27,15 +26,7 @@ WAIT = 20.0
 PREFIX = "nekobot:bus:"
 
 
-@pytest.fixture
-def buses() -> Iterator[list[RedisStreamBus]]:
-    made: list[RedisStreamBus] = []
-    yield made
-    for bus in made:
-        assert bus.stop(timeout=10), f"{bus!r} did not stop in time"
-
-
-def new_bus(made: list[RedisStreamBus], server: RedisServer, **bus: Any) -> RedisStreamBus:
+def new_bus(made: list[Bus], server: RedisServer, **bus: Any) -> RedisStreamBus:
     created = create_bus(queue_config(server, **bus))
     assert isinstance(created, RedisStreamBus)
     made.append(created)
@@ -71,22 +62,22 @@ def msg(content: str, session: str = "s1", channel: str = "telegram") -> Message
 
 
 def test_one_member_of_a_group_handles_each_message_and_each_group_gets_all(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     agents = [Recorder(), Recorder()]
     audit = Recorder()
-    for recorder in agents:
-        bus = new_bus(buses, redis_server, group="agents")
-        bus.register_inbound_handler("telegram", recorder)
+    members = [new_bus(buses, redis_server, group="agents") for _ in agents]
+    for member, recorder in zip(members, agents, strict=True):
+        member.register_inbound_handler("telegram", recorder)
     audit_bus = new_bus(buses, redis_server, group="audit")
     audit_bus.register_inbound_handler("*", audit)
-    for bus in buses:
-        bus.start()
+    for started in buses:
+        started.start()
     sent = [str(n) for n in range(300)]
-    buses[0].send_many(Direction.INBOUND, [msg(c, session=f"s{int(c) % 10}") for c in sent])
+    members[0].send_many(Direction.INBOUND, [msg(c, session=f"s{int(c) % 10}") for c in sent])
     assert audit.wait_for_count(300)
-    for bus in buses:
-        assert bus.wait_idle(WAIT)
+    for started in buses:
+        assert started.wait_idle(WAIT)
     handled = agents[0].contents + agents[1].contents
     assert sorted(handled, key=int) == sent
     assert agents[0].contents, "both members took a share"
@@ -103,7 +94,7 @@ def test_one_member_of_a_group_handles_each_message_and_each_group_gets_all(
 
 
 def test_messages_sent_while_no_consumer_runs_are_handled_when_one_starts(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     gateway = new_bus(buses, redis_server)
     for n in range(5):
@@ -118,7 +109,7 @@ def test_messages_sent_while_no_consumer_runs_are_handled_when_one_starts(
 
 
 def test_a_failing_message_is_retried_then_dead_lettered_and_the_rest_flow(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     recorder = Recorder(fail_on="poison")
     bus = new_bus(buses, redis_server, max_deliveries=3, retry_backoff=0.05)
@@ -145,7 +136,7 @@ def test_a_failing_message_is_retried_then_dead_lettered_and_the_rest_flow(
 
 
 def test_an_entry_that_keeps_killing_its_consumers_is_dead_lettered_without_running(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
     stream = f"{PREFIX}inbound:telegram"
@@ -169,9 +160,7 @@ def test_an_entry_that_keeps_killing_its_consumers_is_dead_lettered_without_runn
     assert b"without being acknowledged" in fields[b"error"]
 
 
-def test_garbage_entries_are_counted_and_dead_lettered(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
-) -> None:
+def test_garbage_entries_are_counted_and_dead_lettered(redis_server: RedisServer, buses: list[Bus]) -> None:
     recorder = Recorder()
     bus = new_bus(buses, redis_server)
     bus.register_inbound_handler("telegram", recorder)
@@ -191,7 +180,7 @@ def test_garbage_entries_are_counted_and_dead_lettered(
 
 
 def test_a_slow_handler_keeps_its_entry_and_nobody_else_takes_it(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     slow = Recorder(block_on="slow", block_for=2.5)  # 2.5 x claim_idle
     other = Recorder()
@@ -211,7 +200,7 @@ def test_a_slow_handler_keeps_its_entry_and_nobody_else_takes_it(
     assert second.get_metrics()["claimed_in"] == 0
 
 
-def test_trimmed_pending_entries_are_counted(redis_server: RedisServer, buses: list[RedisStreamBus]) -> None:
+def test_trimmed_pending_entries_are_counted(redis_server: RedisServer, buses: list[Bus]) -> None:
     raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
     stream = f"{PREFIX}inbound:telegram"
     new_bus(buses, redis_server).send_many(Direction.INBOUND, [msg(f"old {n}") for n in range(50)])
@@ -233,7 +222,7 @@ def test_trimmed_pending_entries_are_counted(redis_server: RedisServer, buses: l
 
 
 def test_what_a_stopped_consumer_held_or_queued_goes_to_the_others(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     gate = threading.Event()
 
@@ -271,9 +260,7 @@ def test_what_a_stopped_consumer_held_or_queued_goes_to_the_others(
     assert second.get_metrics()["claimed_in"] == 3
 
 
-def test_busy_inbound_workers_do_not_hold_up_outbound(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
-) -> None:
+def test_busy_inbound_workers_do_not_hold_up_outbound(redis_server: RedisServer, buses: list[Bus]) -> None:
     gate = threading.Event()
     replies = Recorder()
     bus = create_bus(queue_config(redis_server, workers=1) | {"gateway": {"message_queue_size": 1}})
@@ -297,7 +284,7 @@ def test_busy_inbound_workers_do_not_hold_up_outbound(
 
 
 def test_departed_consumers_that_hold_nothing_are_removed(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     raw: Any = redis_server.client()  # redis-py's reply types are too loose to index
     stream = f"{PREFIX}inbound:telegram"
@@ -322,7 +309,7 @@ def test_departed_consumers_that_hold_nothing_are_removed(
 
 
 def test_killed_connection_and_paused_server_then_delivery_resumes(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     recorder = Recorder()
     bus = new_bus(buses, redis_server)
@@ -345,7 +332,7 @@ def test_killed_connection_and_paused_server_then_delivery_resumes(
 
 
 def test_a_restart_that_lost_everything_recreates_groups_and_streams(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     everything = Recorder()
     agent = new_bus(buses, redis_server)
@@ -363,7 +350,7 @@ def test_a_restart_that_lost_everything_recreates_groups_and_streams(
     assert agent.get_metrics()["reconnects"] >= 1
 
 
-def test_stop_is_bounded_with_the_server_down(redis_server: RedisServer, buses: list[RedisStreamBus]) -> None:
+def test_stop_is_bounded_with_the_server_down(redis_server: RedisServer, buses: list[Bus]) -> None:
     bus = new_bus(buses, redis_server, send_timeout=1.0)
     bus.register_inbound_handler("telegram", Recorder())
     bus.start()
@@ -376,7 +363,7 @@ def test_stop_is_bounded_with_the_server_down(redis_server: RedisServer, buses: 
 
 
 def test_nothing_sent_is_lost_across_a_redis_restart_with_persistence(
-    tmp_path: Path, buses: list[RedisStreamBus]
+    tmp_path: Path, buses: list[Bus]
 ) -> None:
     server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     server.start()
@@ -466,7 +453,7 @@ def wait_until_handled(agents: list[Agent], ids: set[str], timeout: float) -> Co
 
 
 def test_three_agent_processes_share_10000_messages_from_two_gateways(
-    redis_server: RedisServer, tmp_path: Path, buses: list[RedisStreamBus]
+    redis_server: RedisServer, tmp_path: Path, buses: list[Bus]
 ) -> None:
     agents = [
         Agent(redis_server, tmp_path / f"agent{n}.log", "--dedup", "60", "--channels", "telegram,discord")
@@ -508,7 +495,7 @@ def test_three_agent_processes_share_10000_messages_from_two_gateways(
 
 
 def test_an_agent_killed_mid_burst_loses_nothing(
-    redis_server: RedisServer, tmp_path: Path, buses: list[RedisStreamBus]
+    redis_server: RedisServer, tmp_path: Path, buses: list[Bus]
 ) -> None:
     agents = [Agent(redis_server, tmp_path / f"agent{n}.log", "--delay", "0.005") for n in range(3)]
     try:
@@ -548,7 +535,7 @@ def in_session_order(handlings: list[tuple[float, str, str, int]]) -> dict[str, 
 
 
 def test_shards_keep_each_session_in_order_across_the_consumers_of_a_group(
-    redis_server: RedisServer, buses: list[RedisStreamBus]
+    redis_server: RedisServer, buses: list[Bus]
 ) -> None:
     handlings: list[tuple[float, str, str, int]] = []
     lock = threading.Lock()
@@ -587,7 +574,7 @@ def test_shards_keep_each_session_in_order_across_the_consumers_of_a_group(
 
 
 def test_shards_keep_session_order_when_an_agent_is_killed(
-    redis_server: RedisServer, tmp_path: Path, buses: list[RedisStreamBus]
+    redis_server: RedisServer, tmp_path: Path, buses: list[Bus]
 ) -> None:
     agents = [
         Agent(
