@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +32,39 @@ def run(*args: str, stdin: str = "", code: str = COMMAND) -> subprocess.Complete
     )
 
 
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+@contextlib.contextmanager
+def tailing(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``nekobot-bus tail *args`` in the background; killed if it still runs at the end."""
+    tail = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, "tail", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        yield tail
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
 
 
-def wait_for_listeners(server: RedisServer, count: int = 1) -> None:
-    """Wait until *count* pattern subscriptions exist: tail is listening."""
+def finish(tail: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for *tail* to exit by itself (``--count``), successfully; return its output and errors."""
+    out, err = tail.communicate(timeout=30)
+    assert tail.returncode == 0, err
+    return out, err
+
+
+def wait_for_listeners(server: RedisServer, channel: str | None = None) -> None:
+    """Wait until tail listens: a pattern subscription, or one to *channel*."""
     client: Any = server.client()
     deadline = time.monotonic() + 10
-    while client.execute_command("PUBSUB", "NUMPAT") < count:
+    while (
+        client.execute_command("PUBSUB", "NUMPAT")
+        if channel is None
+        else client.execute_command("PUBSUB", "NUMSUB", channel)[1]
+    ) < 1:
         assert time.monotonic() < deadline, "tail never subscribed"
         time.sleep(0.05)
 
@@ -84,8 +108,7 @@ def test_tail_shows_what_send_publishes_and_garbage_as_such(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     url = redis_server.url
-    tail = start("tail", "--redis-url", url, "--json", "--count", "3", "--timeout", "30")
-    try:
+    with tailing("--redis-url", url, "--json", "--count", "3", "--timeout", "30") as tail:
         wait_for_listeners(redis_server)
         sent = run(
             "send", "--redis-url", url, "--channel", "telegram", "--session", "chat:1", "--content", "hi"
@@ -96,12 +119,7 @@ def test_tail_shows_what_send_publishes_and_garbage_as_such(
         path.write_bytes(codec.encode(reply))
         assert run("send", "--redis-url", url, "--outbound", "--file", str(path)).returncode == 0
         redis_server.client().publish("nekobot:bus:inbound:slack", b"\x80 not json")
-        out, err = tail.communicate(timeout=30)
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.communicate()
-    assert tail.returncode == 0, err
+        out, _ = finish(tail)
     first, second, third = (json.loads(line) for line in out.splitlines())
     assert (first["direction"], first["channel"]) == ("inbound", "telegram")
     assert first["message"]["id"] == sent.stdout.strip()
@@ -117,19 +135,13 @@ def test_tail_shows_what_send_publishes_and_garbage_as_such(
 
 def test_tail_keeps_watching_across_a_redis_restart(redis_server: RedisServer) -> None:
     url = redis_server.url
-    tail = start("tail", "--redis-url", url, "--count", "2", "--timeout", "30")
-    try:
+    with tailing("--redis-url", url, "--count", "2", "--timeout", "30") as tail:
         wait_for_listeners(redis_server)
         assert run("send", "--redis-url", url, "--channel", "telegram", "--content", "before").returncode == 0
         redis_server.restart()  # SIGKILL, then the same port
         wait_for_listeners(redis_server)
         assert run("send", "--redis-url", url, "--channel", "telegram", "--content", "after").returncode == 0
-        out, err = tail.communicate(timeout=30)
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.communicate()
-    assert tail.returncode == 0, err
+        out, err = finish(tail)
     assert [line.rsplit(": ", 1)[1] for line in out.splitlines()] == ["before", "after"]
     assert "lost Redis at" in err
     assert "reconnected" in err
@@ -137,25 +149,15 @@ def test_tail_keeps_watching_across_a_redis_restart(redis_server: RedisServer) -
 
 def test_tail_filters_by_direction_and_channel_in_text(redis_server: RedisServer) -> None:
     url = redis_server.url
-    tail = start(
-        "tail", "--redis-url", url, "--outbound", "--channel", "discord", "--count", "1", "--timeout", "30"
-    )
-    try:
-        deadline = time.monotonic() + 10
-        client: Any = redis_server.client()
-        while client.execute_command("PUBSUB", "NUMSUB", "nekobot:bus:outbound:discord")[1] < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with tailing(
+        "--redis-url", url, "--outbound", "--channel", "discord", "--count", "1", "--timeout", "30"
+    ) as tail:
+        wait_for_listeners(redis_server, "nekobot:bus:outbound:discord")
         for args in (["--channel", "discord"], ["--outbound", "--channel", "telegram"]):
             run("send", "--redis-url", url, *args, "--content", "filtered out")
         assert run("send", "--redis-url", url, "--outbound", "--channel", "discord", "--username", "bot",
                    "--content", "shown").returncode == 0  # fmt: skip
-        out, err = tail.communicate(timeout=30)
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.communicate()
-    assert tail.returncode == 0, err
+        out, _ = finish(tail)
     [line] = out.splitlines()
     assert "outbound" in line
     assert "discord" in line
@@ -169,17 +171,11 @@ def test_tail_reads_the_queue_delivery_without_taking_anything(
     config.write_text(
         json.dumps({"bus": {"type": "redis", "redis_addr": redis_server.addr, "delivery": "queue"}})
     )
-    tail = start("tail", "--config", str(config), "--json", "--count", "1", "--timeout", "30")
-    try:
+    with tailing("--config", str(config), "--json", "--count", "1", "--timeout", "30") as tail:
         time.sleep(1.0)  # tail lists the streams every 0.5 s; a new one is read from its start
         sent = run("send", "--config", str(config), "--channel", "telegram", "--content", "queued")
         assert sent.returncode == 0, sent.stderr
-        out, err = tail.communicate(timeout=30)
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.communicate()
-    assert tail.returncode == 0, err
+        out, _ = finish(tail)
     assert json.loads(out)["message"]["content"] == "queued"
     client: Any = redis_server.client()
     assert client.xlen("nekobot:bus:inbound:telegram") == 1  # still there for the agents
