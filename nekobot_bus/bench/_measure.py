@@ -10,8 +10,9 @@ from typing import TypeVar
 
 from ..bus import Bus
 from ..message import Message
+from ._options import BenchOptions
 
-__all__ = ["bus_latency", "bus_load", "messages", "now", "peak_mib"]
+__all__ = ["bus_latency", "bus_load", "messages", "now", "peak_mib", "producer_rates"]
 
 now = time.perf_counter
 T = TypeVar("T")
@@ -118,6 +119,23 @@ def bus_load(
         if sender is not receiver:
             sender.stop()
     return count / elapsed, [v * 1e6 for v in latencies]
+
+
+def producer_rates(make_bus: Callable[[int], Bus], count: int, options: BenchOptions) -> tuple[float, float]:
+    """Rates with one producer and with ``options.producers``, from a sender to a receiver on its own.
+
+    :param make_bus: builds a bus with the given number of workers (the
+        sender gets one, the receiver ``options.workers``).
+    """
+    one, _ = bus_load(make_bus(1), make_bus(options.workers), count, payload_size=options.payload_size)
+    many, _ = bus_load(
+        make_bus(1),
+        make_bus(options.workers),
+        count,
+        producers=options.producers,
+        payload_size=options.payload_size,
+    )
+    return one, many
 
 
 def peak_mib(run: Callable[[], T]) -> float:

@@ -24,7 +24,7 @@ from .. import codec
 from ..backends.redis import RedisBus
 from ..dispatch import Direction
 from ..message import Message
-from ._measure import bus_load, messages, now, peak_mib
+from ._measure import messages, now, peak_mib, producer_rates
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -105,10 +105,9 @@ def steps_redis(options: BenchOptions) -> int:
 
 
 def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], dict[str, float]]:
-    """Measure the fan-out; raise redis.ConnectionError if the server is not reachable."""
+    """Measure the fan-out against the Redis at ``options.redis_url``, which the caller found reachable."""
     url, size = options.redis_url, options.payload_size
     count = min(options.count, 2000)
-    redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     bare: list[float] = []
     ours: list[float] = []
     theirs: list[float] = []
@@ -134,13 +133,10 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
     finally:
         if kombu is not None:
             kombu.close()
-    one, _ = bus_load(_load_bus(url, 1), _load_bus(url, options.workers), count, payload_size=size)
-    many, _ = bus_load(
-        _load_bus(url, 1),
-        _load_bus(url, options.workers),
+    one, many = producer_rates(
+        lambda workers: RedisBus(url, prefix=_PREFIX + "load:", workers=workers, queue_size=1000),
         count,
-        producers=options.producers,
-        payload_size=size,
+        options,
     )
     peak = peak_mib(lambda: batch_throughput(url, count, size))
     progress.step("redis fan-out, producers")
@@ -161,7 +157,3 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
         results.append(Result("kombu Redis transport (alternative)", theirs, note="SimpleQueue put/get"))
         ratios["kombu_p50_vs_redis"] = statistics.median(p50_theirs) / statistics.median(p50_ours)
     return results, ratios
-
-
-def _load_bus(url: str, workers: int) -> RedisBus:
-    return RedisBus(url, prefix=_PREFIX + "load:", workers=workers, queue_size=1000)

@@ -18,7 +18,7 @@ from ..backends.redis import RedisBus
 from ..backends.redis_streams import RedisStreamBus
 from ..dispatch import Direction
 from ..message import Message
-from ._measure import bus_latency, bus_load, messages, now, peak_mib
+from ._measure import bus_latency, messages, now, peak_mib, producer_rates
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -73,10 +73,9 @@ def steps_redis_queue(options: BenchOptions) -> int:
 
 
 def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Result], dict[str, float]]:
-    """Measure the queue delivery; raise redis.ConnectionError if the server is not reachable."""
+    """Measure the queue delivery on ``options.redis_url``, which the caller found reachable."""
     url, size = options.redis_url, options.payload_size
     count = min(options.count, 2000)
-    redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     queued: list[float] = []
     p50_fanout, p50_queue, rates = [], [], []
     per_round = max(100, count // options.rounds)
@@ -92,13 +91,10 @@ def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Res
         progress.step("redis queue")
     prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
     try:
-        one, _ = bus_load(_bus(url, prefix, 1), _bus(url, prefix, options.workers), count, payload_size=size)
-        many, _ = bus_load(
-            _bus(url, prefix, 1),
-            _bus(url, prefix, options.workers),
+        one, many = producer_rates(
+            lambda workers: RedisStreamBus(url, prefix=prefix, workers=workers, queue_size=1000),
             count,
-            producers=options.producers,
-            payload_size=size,
+            options,
         )
         peak = peak_mib(lambda: queue_throughput(url, count, size))
     finally:
@@ -115,7 +111,3 @@ def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Res
         "queue_rate": statistics.median(rates),
     }
     return results, ratios
-
-
-def _bus(url: str, prefix: str, workers: int) -> RedisStreamBus:
-    return RedisStreamBus(url, prefix=prefix, workers=workers, queue_size=1000)
