@@ -95,7 +95,7 @@ def bus_load(
             for message in batch:
                 sent_at[message.id] = now()
                 send(message)
-        except BaseException as exc:
+        except Exception as exc:  # raised again in the measuring thread below
             errors.append(exc)
 
     with receiver:
