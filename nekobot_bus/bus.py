@@ -244,9 +244,6 @@ class Bus(abc.ABC):
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:  # noqa: B027
         """Called after each registration change with the channels that have handlers."""
 
-    def _dispatcher(self, direction: Direction) -> Dispatcher:
-        return self._dispatchers[direction]
-
     @classmethod
     @abc.abstractmethod
     def from_config(cls, config: Mapping[str, Any]) -> Bus:

@@ -157,15 +157,14 @@ class RedisBus(Bus):
         self._channel_names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._wake_channel = f"{prefix}wake:{uuid.uuid4().hex}"
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus
-        # Subscription state: _wanted is written by registering threads,
-        # _confirmed by the reader; both guarded by _subs.
+        # Subscription state: _wanted and _generation are written by registering
+        # threads, _confirmed_generation by the reader; all guarded by _subs.
         self._subs = threading.Condition()
         self._wanted: frozenset[str] = frozenset({self._wake_channel})
-        self._confirmed: frozenset[str] = frozenset()
         self._generation = 0
         self._confirmed_generation = -1
         # Messages this bus published to a channel it listens to, not yet read back.
-        self._awaiting: dict[str, float] = {}
+        self._awaiting: set[str] = set()
         self._awaiting_lock = threading.Condition()
         self._pending: list[tuple[Direction, Message]] = []
         self._publishing = False  # True once start() has published what waited
@@ -308,9 +307,8 @@ class RedisBus(Bus):
         local = self._registries[direction].channels()
         mine = [m.id for m in batch if m.channel_id in local or WILDCARD in local]
         if mine:
-            now = time.monotonic()
             with self._awaiting_lock:
-                self._awaiting.update(dict.fromkeys(mine, now))
+                self._awaiting.update(mine)
         try:
             counts = self._publish(channels, payloads)
         except BusConnectionError:
@@ -327,7 +325,7 @@ class RedisBus(Bus):
     def _forget(self, ids: list[str]) -> None:
         with self._awaiting_lock:
             for message_id in ids:
-                self._awaiting.pop(message_id, None)
+                self._awaiting.discard(message_id)
             if not self._awaiting:
                 self._awaiting_lock.notify_all()
 
