@@ -48,8 +48,9 @@ logger = logging.getLogger("nekobot_bus.dispatch")
 Handler = Callable[[Message], object]
 
 #: Called on the worker after the handlers of a message ran, with the ticket
-#: the transport gave it and the handlers that raised; see :class:`Dispatcher`.
-Settle = Callable[[Message, object, list[tuple[Handler, Exception]]], None]
+#: the transport gave it, whether its channel had any handler, and the
+#: handlers that raised; see :class:`Dispatcher`.
+Settle = Callable[[Message, object, bool, list[tuple[Handler, Exception]]], None]
 
 
 class Direction(str, enum.Enum):
@@ -417,7 +418,7 @@ class Dispatcher:
             )
         if self._settle is not None:
             try:
-                self._settle(message, ticket, failures)
+                self._settle(message, ticket, bool(handlers), failures)
             except Exception:
                 self._metrics.incr("errors")
                 logger.exception("settling %s message %r failed", self.direction, message.id)

@@ -692,11 +692,13 @@ class RedisStreamBus(Bus):
 
     # -- settling (worker threads) ------------------------------------------
 
-    def _settle(self, message: Message, ticket: object, failures: list[tuple[Handler, Exception]]) -> None:
+    def _settle(
+        self, message: Message, ticket: object, handled: bool, failures: list[tuple[Handler, Exception]]
+    ) -> None:
         if not isinstance(ticket, Entry):
             return
         entry = ticket
-        if not self._registries[entry.direction].lookup(message.channel_id):
+        if not handled:
             # Taken just before its handler was removed: leave it to the group.
             self._release(entry)
             return
