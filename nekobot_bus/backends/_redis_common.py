@@ -30,6 +30,7 @@ __all__ = [
     "client_options",
     "connection_config",
     "make_client",
+    "ping_problem",
     "redact",
 ]
 
@@ -51,6 +52,21 @@ def redact(url: str) -> str:
     if parts.username:
         netloc = f"{quote(parts.username)}@{netloc}"
     return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def ping_problem(url: str) -> str | None:
+    """Why the Redis at *url* does not answer a PING within 2 s, or ``None`` when it does."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
 
 
 def check_prefix(prefix: str) -> str:

@@ -86,18 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _reachable(url: str) -> bool:
     try:
-        import redis  # noqa: PLC0415
+        from ..backends._redis_common import ping_problem  # noqa: PLC0415 - needs the redis extra
     except ImportError:
         print(
             "error: the Redis lines need the redis extra: pip install 'nekobot_bus[redis]'", file=sys.stderr
         )
         return False
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except (redis.RedisError, OSError, ValueError):
-        return False
-    return True
+    return ping_problem(url) is None

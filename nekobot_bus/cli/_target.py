@@ -51,17 +51,11 @@ def redis_target(config: Mapping[str, Any]) -> RedisTarget:
 
 def ensure_reachable(target: RedisTarget) -> None:
     """Fail at once, naming the address (never the password), when Redis does not answer."""
-    import redis  # noqa: PLC0415 - needs the redis extra
+    from ..backends._redis_common import ping_problem, redact  # noqa: PLC0415 - needs the redis extra
 
-    from ..backends._redis_common import redact  # noqa: PLC0415
-
-    client = redis.Redis.from_url(target.url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
+    problem = ping_problem(target.url)
+    if problem is not None:
         raise BusConnectionError(
-            f"Redis at {redact(target.url)} does not answer ({exc}); is it running? "
+            f"Redis at {redact(target.url)} does not answer ({problem}); is it running? "
             "e.g. redis-server --port 6379 --daemonize yes"
-        ) from None
-    finally:
-        client.close()
+        )
