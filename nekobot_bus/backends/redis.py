@@ -61,20 +61,14 @@ from ..errors import (
     BusClosedError,
     BusConnectionError,
     BusFullError,
-    ConfigError,
     MessageDecodeError,
     UnroutedMessageError,
 )
 from ..message import WILDCARD, Message
-from ._reader_link import ReaderLink
+from ._redis_base import RedisBase
 from ._redis_common import (
     DEFAULT_PREFIX,
-    CommandRunner,
-    check_prefix,
-    client_options,
     connection_config,
-    make_client,
-    redact,
 )
 from .redis_streams import RedisStreamBus
 
@@ -87,7 +81,7 @@ logger = logging.getLogger("nekobot_bus.redis")
 _READ_TIMEOUT = 0.25
 
 
-class RedisBus(Bus):
+class RedisBus(RedisBase):
     """A bus whose messages travel through Redis pub/sub, between processes.
 
     Thread-safe, as every :class:`~nekobot_bus.Bus`. Registration changes
@@ -131,29 +125,19 @@ class RedisBus(Bus):
         redis_options: Mapping[str, Any] | None = None,
         **bus_options: Any,
     ) -> None:
-        super().__init__(**bus_options)
-        if self.dispatch != "threaded":
-            raise ConfigError("dispatch 'inline' is for the local bus; the Redis reader never runs handlers")
-        self.prefix = check_prefix(prefix)
-        self.address = redact(url)
+        # The reader reads its bare connection, not redis-py's PubSub layer
+        # (a tenth of its cost per message).
+        super().__init__(
+            url,
+            prefix=prefix,
+            max_message_size=max_message_size,
+            redis_options=redis_options,
+            reader_name="Redis reader",
+            **bus_options,
+        )
         self.health_check_interval = health_check_interval
         self.health_check_timeout = health_check_timeout
         self.raise_on_unrouted = raise_on_unrouted
-        self.max_message_size = max_message_size
-        options = client_options(redis_options)
-        self._client = make_client(url, self.address, **options)
-        self._runner = CommandRunner(self._client, self.address, self._metrics, self.send_timeout)
-        # The reader speaks RESP2 on a bare connection of its own: subscriber
-        # messages are then plain arrays, read without redis-py's PubSub layer
-        # (a tenth of its cost per message).
-        self._stopping = threading.Event()
-        self._link = ReaderLink(
-            redis.ConnectionPool.from_url(url, **options, protocol=2, decode_responses=False),
-            address=self.address,
-            name="Redis reader",
-            metrics=self._metrics,
-            stopping=self._stopping,
-        )
         self._channel_names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._wake_channel = f"{prefix}wake:{uuid.uuid4().hex}"
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus

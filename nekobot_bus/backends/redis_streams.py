@@ -82,17 +82,12 @@ from .._options import Section
 from .._threads import join_all
 from ..bus import Bus
 from ..dispatch import Direction, Handler, Settle
-from ..errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
+from ..errors import BusClosedError, BusConnectionError, MessageDecodeError
 from ..message import WILDCARD, Message
-from ._reader_link import ReaderLink
+from ._redis_base import RedisBase
 from ._redis_common import (
     DEFAULT_PREFIX,
-    CommandRunner,
-    check_prefix,
-    client_options,
     connection_config,
-    make_client,
-    redact,
 )
 from ._stream_acker import Acker, Entry
 from ._stream_shards import ShardLeases, shard_of, shard_stream, split_shard
@@ -123,7 +118,7 @@ class _ReadPlan:
     lease_at: float = 0.0
 
 
-class RedisStreamBus(Bus):
+class RedisStreamBus(RedisBase):
     """A bus whose messages wait in Redis Streams until one consumer of a group acknowledges them.
 
     Built by :func:`~nekobot_bus.create_bus` for ``bus.type: "redis"`` with
@@ -182,11 +177,16 @@ class RedisStreamBus(Bus):
         redis_options: Mapping[str, Any] | None = None,
         **bus_options: Any,
     ) -> None:
-        super().__init__(**bus_options)
-        if self.dispatch != "threaded":
-            raise ConfigError("dispatch 'inline' is for the local bus; the Redis reader never runs handlers")
-        self.prefix = check_prefix(prefix)
-        self.address = redact(url)
+        super().__init__(
+            url,
+            prefix=prefix,
+            max_message_size=max_message_size,
+            redis_options=redis_options,
+            reader_name="Redis queue reader",
+            # Just past the blocking read's: a paused server is noticed.
+            reader_socket_timeout=_BLOCK + health_check_timeout,
+            **bus_options,
+        )
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.claim_idle = claim_idle
@@ -196,23 +196,8 @@ class RedisStreamBus(Bus):
         self.max_len = max_len
         self.shards = shards
         self.health_check_timeout = health_check_timeout
-        self.max_message_size = max_message_size
-        options = client_options(redis_options)
-        self._client = make_client(url, self.address, **options, protocol=2)
-        self._runner = CommandRunner(self._client, self.address, self._metrics, self.send_timeout)
-        # The reader's own connection: RESP2 arrays, and a socket timeout just
-        # past the blocking read's, so a paused server is noticed.
-        reader_options = options | {"socket_timeout": _BLOCK + health_check_timeout, "protocol": 2}
         self._names = {d: f"{prefix}{d.value}:" for d in Direction}
         self._registry_key = f"{prefix}streams"
-        self._stopping = threading.Event()
-        self._link = ReaderLink(
-            redis.ConnectionPool.from_url(url, **reader_options, decode_responses=False),
-            address=self.address,
-            name="Redis queue reader",
-            metrics=self._metrics,
-            stopping=self._stopping,
-        )
         self._reader: threading.Thread | None = None
         self._acker = Acker(
             self._runner,
