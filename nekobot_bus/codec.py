@@ -9,6 +9,10 @@ gets Go's zero value (``""``, an empty ``data`` map, the zero time
 ``0001-01-01T00:00:00Z``; an empty ``type`` means text), and unknown keys are
 ignored so that a newer writer can add fields. ``channel_id`` is required.
 
+Strings are read as Go reads them, too: a lone UTF-16 surrogate escape
+(``"\\ud800"``), which JSON allows and a misbehaving client may send, becomes
+U+FFFD, so that every decoded message can be encoded again (for a reply).
+
 The size limit (:data:`DEFAULT_MAX_SIZE`) is checked before parsing, so a
 huge payload costs no parse, and after encoding, so an oversized message
 fails at the sender rather than at every receiver.
@@ -128,6 +132,30 @@ def _json_kind(value: object) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
+# An escape of a UTF-16 surrogate; only such a payload can decode to a lone one
+# (UTF-8 bytes cannot hold a surrogate, and json pairs a valid high+low escape).
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _may_hold_surrogates(payload: bytes | bytearray | str) -> bool:
+    if isinstance(payload, str):
+        return "\\u" in payload and _SURROGATE_ESCAPE_TEXT.search(payload) is not None
+    return b"\\u" in payload and _SURROGATE_ESCAPE_BYTES.search(payload) is not None
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """*value* with every lone surrogate in its strings (keys too) as U+FFFD, as Go reads them."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    return value
+
+
 def _describe(exc: BaseException, _type: object) -> str:
     return str(exc)
 
@@ -237,6 +265,8 @@ def decode(payload: bytes | bytearray | memoryview | str, *, max_size: int = DEF
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
         raise MessageDecodeError(f"payload is not JSON: {exc}") from None
+    if _may_hold_surrogates(payload):
+        obj = _replace_lone_surrogates(obj)
     if not isinstance(obj, dict):
         raise MessageDecodeError(f"payload is JSON but {_json_kind(obj)}, not an object")
     if not isinstance(obj.get("channel_id"), str):

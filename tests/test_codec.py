@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from nekobot_bus import Message, MessageDecodeError, MessageEncodeError, MessageType, codec
 from nekobot_bus.message import MAX_CHANNEL_ID_LENGTH
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "wire" / "nekobot-go-vectors.json"
+# The Go gateway's exact payloads; tests/data/README.rst says where they come from.
+VECTORS_PATH = Path(__file__).with_name("data") / "nekobot-go-vectors.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 FIELDS = [
     "id",
@@ -84,6 +85,32 @@ def test_go_reject_cases_raise_a_decode_error(case: dict[str, Any]) -> None:
 def test_decode_errors_name_the_problem(wire: str, named: str) -> None:
     with pytest.raises(MessageDecodeError, match=named):
         codec.decode(wire)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param("", id="fast path"),
+        pytest.param(',"username":null', id="converter path"),
+    ],
+)
+def test_lone_surrogate_escapes_read_as_go_reads_them_and_a_reply_encodes(extra: str) -> None:
+    wire = (
+        r'{"id":"m\ud800","channel_id":"telegram","content":"\udfff x \ud83d\ude00 \uDBFF\u0041",'
+        r'"data":{"k\udc00":["\ud801"]}' + extra + "}"
+    )
+    message = codec.decode(wire.encode())
+    assert message.id == "m\ufffd"
+    assert message.content == "\ufffd x \U0001f600 \ufffdA"
+    assert message.data == {"k\ufffd": ["\ufffd"]}
+    reply = message.reply("pong")
+    assert codec.decode(codec.encode(reply)).reply_to == "m\ufffd"
+    assert codec.decode(codec.encode(message)) == message
+
+
+def test_an_escaped_backslash_before_u_d800_is_plain_text() -> None:
+    message = codec.decode(rb'{"channel_id":"t","content":"\\ud800"}')
+    assert message.content == "\\ud800"
 
 
 def test_encode_writes_all_ten_keys_in_go_form() -> None:
