@@ -1,5 +1,5 @@
-# Sourced by scripts/test and scripts/bench: a virtualenv in .venv with the
-# package and every extra the tests and benchmarks use, and redis-server.
+# Sourced by scripts/test and scripts/bench: a virtualenv in .venv, the
+# servers the tests start, and the Pythons of the test matrix.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -7,7 +7,27 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[redis,test,bench,flask]'
+
+pip_install() {
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+# Make the test matrix's Pythons visible to nox. pyenv shows only its
+# selected version by default; select the newest installed release of each
+# asked-for version too. A version that is not installed is left out, and
+# nox then names it and fails.
+use_pyenv_pythons() {
+    command -v pyenv >/dev/null 2>&1 || return 0
+    local selected=() version found
+    selected+=("$(pyenv version-name)")
+    for version in "$@"; do
+        if found=$(pyenv latest "$version" 2>/dev/null); then
+            selected+=("$found")
+        fi
+    done
+    PYENV_VERSION=$(IFS=:; echo "${selected[*]}")
+    export PYENV_VERSION
+}
 
 ensure_redis_server() {
     if command -v redis-server >/dev/null 2>&1; then

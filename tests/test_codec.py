@@ -245,3 +245,19 @@ def test_the_fast_decode_path_agrees_with_the_converter_on_any_fields(obj: dict[
     if codec._build_plain(obj) is None and converter_path(obj) is not None:
         # Only null fields, which the fast path leaves to the converter, may take the long way.
         assert any(obj.get(name) is None for name in obj if name not in {"data", "timestamp"})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-02T03:04:05Z",
+        "2026-01-02t03:04:05.1z",
+        "2026-01-02T03:04:05.123456789+05:30",
+        "2026-01-02T03:04:05.1234-01:00",
+    ],
+)
+def test_timestamps_read_alike_on_every_python(text: str) -> None:
+    match = codec._RFC3339.fullmatch(text)
+    assert match is not None
+    portable = datetime.fromisoformat(codec._iso_for_fromisoformat(match))
+    assert portable == codec.parse_timestamp(text)

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from ..metrics import Metrics
+from ._redis_py import take_connection
 
 __all__ = ["ReaderLink"]
 
@@ -80,7 +81,7 @@ class ReaderLink:
             first = False
 
     def _read_connection(self, read: Callable[[Any], None], first: bool) -> None:
-        conn = self._pool.get_connection()
+        conn = take_connection(self._pool)
         try:
             self._conn = conn
             self.connected_since = time.time()

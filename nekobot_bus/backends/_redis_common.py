@@ -21,6 +21,7 @@ from redis.retry import Retry
 from .._options import Section
 from ..errors import BusConnectionError, ConfigError
 from ..metrics import Metrics
+from ._redis_py import take_connection
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -152,7 +153,7 @@ class CommandRunner:
         delay = 0.05
         while True:
             try:
-                conn = pool.get_connection()
+                conn = take_connection(pool)
             except REDIS_ERRORS as exc:
                 self._metrics.incr("connection_errors")
                 if time.monotonic() + delay > deadline:

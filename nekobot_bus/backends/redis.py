@@ -70,6 +70,7 @@ from ._redis_common import (
     DEFAULT_PREFIX,
     connection_config,
 )
+from ._redis_py import read_reply
 from .redis_streams import RedisStreamBus
 
 __all__ = ["DEFAULT_PREFIX", "RedisBus"]
@@ -338,7 +339,7 @@ class RedisBus(RedisBase):
             try:
                 # One blocking read: a reply split by the timeout is kept
                 # by the parser and completed by the next read.
-                response = conn.read_response(timeout=_READ_TIMEOUT, disconnect_on_error=False)
+                response = read_reply(conn, _READ_TIMEOUT)
             except redis.TimeoutError:
                 now = time.monotonic()
                 if ping_sent_at is not None and now - ping_sent_at > self.health_check_timeout:

@@ -52,7 +52,7 @@ exit status: 0 measured (1 with --check when a target was missed),
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the benchmark's options to *parser* (``nekobot-bus bench`` and ``python -m benchmarks``)."""
+    """Add the benchmark's options to *parser* (``nekobot-bus bench``)."""
     parser.add_argument(
         "--backend",
         choices=[*BACKENDS, "all"],

@@ -7,18 +7,14 @@ import json
 import sys
 from typing import Any
 
+from ..cli._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ._options import options_from
 from ._progress import Progress
 from ._stats import Result
 from .local import run_local, steps_local
 from .report import machine, plot, render, verdicts
 
-__all__ = ["EXIT_MISSED", "EXIT_REDIS_UNREACHABLE", "run"]
-
-#: ``--check`` and a target was missed.
-EXIT_MISSED = 1
-#: A Redis backend was asked for by name and the server did not answer.
-EXIT_REDIS_UNREACHABLE = 3
+__all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         if args.backend and "all" not in args.backend and not options.backends & {"local", "local-inline"}:
-            return EXIT_REDIS_UNREACHABLE
+            return EXIT_CONNECTION
     total = steps_local(options) + steps_scaling(options, redis_ok)
     if redis_ok:
         total += steps_redis(options) + steps_redis_queue(options)
@@ -67,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             plot(args.plot, results, scaling)
         except ImportError:
             print("error: --plot needs matplotlib: pip install 'nekobot_bus[bench]'", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     if args.json:
         document: dict[str, Any] = {
             "machine": machine(),
@@ -81,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(results, targets, scaling, options.producers))
     missed = any(t["verdict"] != "met" for t in targets)
-    return EXIT_MISSED if missed and args.check else 0
+    return EXIT_FAILED if missed and args.check else EXIT_OK
 
 
 def _reachable(url: str) -> bool:

@@ -16,13 +16,17 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import BusConnectionError, NekobotBusError
 from . import demo, send, tail
+from ._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
-__all__ = ["EXIT_CONNECTION", "EXIT_FAILED", "EXIT_USAGE", "build_parser", "main"]
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONNECTION = 3
-EXIT_INTERRUPTED = 130
+__all__ = [
+    "EXIT_CONNECTION",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 EPILOG = """\
 exit status: 0 done, 1 not what was asked for (no reply, nobody listening,

@@ -1,0 +1,65 @@
+"""The test matrix: every declared Python, the lowest and newest redis-py, lint once.
+
+``bash scripts/test`` runs every session below; ``nox -s tests-3.12`` (from
+``.venv/bin/``) runs one. A declared interpreter that is missing fails the
+run with its name: a matrix that skips quietly proves nothing.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "redis_floor"]
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_venv = "yes"
+
+ROOT = Path(__file__).parent
+#: The Pythons ``setup.cfg`` declares, oldest first.
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+EVERYTHING = ".[redis,test,bench,flask]"
+DOCS = ["README.rst", "CHANGES.rst", "benchmarks/README.rst", "tests/data/README.rst"]
+
+
+def lowest_declared(extra: str) -> list[str]:
+    """The *extra*'s requirements in ``setup.cfg`` pinned to their floors: ``redis==5.0.0``."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg", encoding="utf-8")
+    pins = []
+    for line in setup["options.extras_require"][extra].split("\n"):
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*", line)
+        if match:
+            pins.append(f"{match[1]}=={match[2]}")
+    return pins
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole pytest suite on one Python, with the newest releases of everything."""
+    session.install("--upgrade", "-e", EVERYTHING)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS[0])
+def redis_floor(session: nox.Session) -> None:
+    """The whole suite on the oldest Python with the oldest redis-py and hiredis declared."""
+    pins = lowest_declared("redis")
+    session.install("-e", EVERYTHING, *pins)
+    session.run(
+        "python", "-c", "import redis, hiredis; print('redis-py', redis.__version__, hiredis.__version__)"
+    )
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS[1])
+def lint(session: nox.Session) -> None:
+    """ruff, ``mypy --strict`` and the reStructuredText of every document, once."""
+    session.install("-e", EVERYTHING, "nox")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+    for document in DOCS:
+        session.run("python", "-m", "docutils", "--halt=warning", document, "/dev/null")
