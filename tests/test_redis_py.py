@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from nekobot_bus import ConfigError
-from nekobot_bus.backends import _redis_py
+from nekobot_bus.backends.redis import compat as _redis_py
 
 
 @pytest.mark.parametrize("installed", ["4.6.0", "3.5.3", "5", "garbage"])

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nekobot_bus import Bus, BusConnectionError, Direction, Message, create_bus
-from nekobot_bus.backends.redis_streams import RedisStreamBus
+from nekobot_bus.backends.redis import RedisStreamBus
 
 from .conftest import queue_config
 from .redis_server import RedisServer

@@ -14,8 +14,7 @@ import uuid
 
 import redis
 
-from ..backends.redis import RedisBus
-from ..backends.redis_streams import RedisStreamBus
+from ..backends.redis import RedisBus, RedisStreamBus
 from ..dispatch import Direction
 from ..message import Message
 from ._measure import bus_latency, messages, now, peak_mib, producer_rates

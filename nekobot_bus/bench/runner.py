@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _reachable(url: str) -> bool:
     try:
-        from ..backends._redis_common import ping_problem  # noqa: PLC0415 - needs the redis extra
+        from ..backends.redis.client import ping_problem  # noqa: PLC0415 - needs the redis extra
     except ImportError:
         print(
             "error: the Redis lines need the redis extra: pip install 'nekobot_bus[redis]'", file=sys.stderr

@@ -41,7 +41,7 @@ def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
 
 def redis_target(config: Mapping[str, Any]) -> RedisTarget:
     """The URL, prefix and delivery a Redis config names (without building a bus)."""
-    from ..backends._redis_common import connection_config  # noqa: PLC0415 - needs the redis extra
+    from ..backends.redis.client import connection_config  # noqa: PLC0415 - needs the redis extra
 
     bus = Section("bus", config.get("bus"))
     url, prefix, _ = connection_config(bus, Section("redis", config.get("redis")))
@@ -51,7 +51,7 @@ def redis_target(config: Mapping[str, Any]) -> RedisTarget:
 
 def ensure_reachable(target: RedisTarget) -> None:
     """Fail at once, naming the address (never the password), when Redis does not answer."""
-    from ..backends._redis_common import ping_problem, redact  # noqa: PLC0415 - needs the redis extra
+    from ..backends.redis.client import ping_problem, redact  # noqa: PLC0415 - needs the redis extra
 
     problem = ping_problem(target.url)
     if problem is not None:

@@ -55,7 +55,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     import redis  # noqa: PLC0415 - the redis extra; demo and bench --backend local work without it
 
-    from ..backends._redis_common import redact  # noqa: PLC0415
+    from ..backends.redis.client import redact  # noqa: PLC0415
 
     target = redis_target(config_from(args))
     ensure_reachable(target)

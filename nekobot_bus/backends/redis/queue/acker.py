@@ -18,11 +18,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from .._threads import join_all
-from ..dispatch import Direction
-from ..errors import BusConnectionError
-from ..metrics import Metrics
-from ._redis_common import CommandRunner
+from ...._threads import join_all
+from ....dispatch import Direction
+from ....errors import BusConnectionError
+from ....metrics import Metrics
+from ..client import CommandRunner
 
 __all__ = ["Acker", "Entry"]
 

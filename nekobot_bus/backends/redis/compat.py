@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import redis.connection
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["INSTALLED", "MINIMUM", "check_version", "read_reply", "take_connection"]
 

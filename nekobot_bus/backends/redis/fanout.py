@@ -52,26 +52,26 @@ from typing import Any
 
 import redis
 
-from .. import codec
-from .._options import Section
-from .._threads import join_all
-from ..bus import Bus
-from ..dispatch import Direction
-from ..errors import (
+from ... import codec
+from ..._options import Section
+from ..._threads import join_all
+from ...bus import Bus
+from ...dispatch import Direction
+from ...errors import (
     BusClosedError,
     BusConnectionError,
     BusFullError,
     MessageDecodeError,
     UnroutedMessageError,
 )
-from ..message import WILDCARD, Message
-from ._redis_base import RedisBase
-from ._redis_common import (
+from ...message import WILDCARD, Message
+from .base import RedisBase
+from .client import (
     DEFAULT_PREFIX,
     connection_config,
 )
-from ._redis_py import read_reply
-from .redis_streams import RedisStreamBus
+from .compat import read_reply
+from .queue.bus import RedisStreamBus
 
 __all__ = ["DEFAULT_PREFIX", "RedisBus"]
 

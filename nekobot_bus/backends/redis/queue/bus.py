@@ -77,20 +77,20 @@ from typing import Any
 
 import redis
 
-from .. import codec
-from .._options import Section
-from .._threads import join_all
-from ..bus import Bus
-from ..dispatch import Direction, Handler, Settle
-from ..errors import BusClosedError, BusConnectionError, MessageDecodeError
-from ..message import WILDCARD, Message
-from ._redis_base import RedisBase
-from ._redis_common import (
+from .... import codec
+from ...._options import Section
+from ...._threads import join_all
+from ....bus import Bus
+from ....dispatch import Direction, Handler, Settle
+from ....errors import BusClosedError, BusConnectionError, MessageDecodeError
+from ....message import WILDCARD, Message
+from ..base import RedisBase
+from ..client import (
     DEFAULT_PREFIX,
     connection_config,
 )
-from ._stream_acker import Acker, Entry
-from ._stream_shards import ShardLeases, shard_of, shard_stream, split_shard
+from .acker import Acker, Entry
+from .shards import ShardLeases, shard_of, shard_stream, split_shard
 
 __all__ = ["DEFAULT_GROUP", "RedisStreamBus"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import redis
 
-from ..metrics import Metrics
-from ._redis_py import take_connection
+from ...metrics import Metrics
+from .compat import take_connection
 
 __all__ = ["ReaderLink"]
 

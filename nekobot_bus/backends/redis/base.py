@@ -8,11 +8,11 @@ from typing import Any
 
 import redis
 
-from .. import codec
-from ..bus import Bus
-from ..errors import ConfigError
-from ._reader_link import ReaderLink
-from ._redis_common import DEFAULT_PREFIX, CommandRunner, check_prefix, client_options, make_client, redact
+from ... import codec
+from ...bus import Bus
+from ...errors import ConfigError
+from .client import DEFAULT_PREFIX, CommandRunner, check_prefix, client_options, make_client, redact
+from .reader_link import ReaderLink
 
 __all__ = ["RedisBase"]
 

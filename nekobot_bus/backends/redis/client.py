@@ -18,10 +18,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._options import Section
-from ..errors import BusConnectionError, ConfigError
-from ..metrics import Metrics
-from ._redis_py import take_connection
+from ..._options import Section
+from ...errors import BusConnectionError, ConfigError
+from ...metrics import Metrics
+from .compat import take_connection
 
 __all__ = [
     "DEFAULT_PREFIX",

@@ -26,8 +26,8 @@ import logging
 import zlib
 from collections.abc import Callable
 
-from ..errors import BusConnectionError
-from ._redis_common import CommandRunner
+from ....errors import BusConnectionError
+from ..client import CommandRunner
 
 __all__ = ["ShardLeases", "shard_of", "shard_stream", "split_shard"]
 
