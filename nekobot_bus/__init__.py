@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from ._options import DispatchOptions
 from .backends.local import LocalBus
 from .bus import Bus, DispatchMode
 from .codec import decode, encode
@@ -22,6 +23,7 @@ from .errors import (
     BusClosedError,
     BusConnectionError,
     BusFullError,
+    BusReplyError,
     ConfigError,
     InvalidChannelError,
     MessageDecodeError,
@@ -42,6 +44,7 @@ __all__ = [
     "load_config",
     "register_backend",
     "available_backends",
+    "DispatchOptions",
     # messages
     "Message",
     "MessageType",
@@ -62,5 +65,6 @@ __all__ = [
     "BusClosedError",
     "BusFullError",
     "BusConnectionError",
+    "BusReplyError",
     "UnroutedMessageError",
 ]

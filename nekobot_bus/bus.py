@@ -10,28 +10,24 @@ worker threads, metrics, and the lifecycle (``start``/``stop``/``with``).
 from __future__ import annotations
 
 import abc
+import os
 import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Literal
 
-from ._options import Section
-from .dispatch import Direction, Dispatcher, Handler, HandlerRegistry, Settle
-from .errors import BusClosedError, ConfigError
+from ._options import DispatchOptions
+from .dispatch import Direction, Dispatcher, Handler, HandlerRegistry
+from .errors import BusClosedError
 from .message import Message
 from .metrics import Metrics
+from .settle import Settler
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "DEFAULT_SEND_TIMEOUT", "DEFAULT_WORKERS", "Bus", "DispatchMode"]
+__all__ = ["Bus", "DispatchMode"]
 
 DispatchMode = Literal["threaded", "inline"]
 
-#: Default bound of each worker's queue (the gateway's ``message_queue_size``).
-DEFAULT_QUEUE_SIZE = 100
-#: Default worker threads per direction.
-DEFAULT_WORKERS = 4
-#: Default seconds a send waits for room in a full queue.
-DEFAULT_SEND_TIMEOUT = 5.0
 
 _NEW, _RUNNING, _STOPPED = "new", "running", "stopped"
 
@@ -42,60 +38,50 @@ class Bus(abc.ABC):
     Thread-safe: every method may be called from any thread, handlers
     included (a handler may send). ``start`` and ``stop`` are serialised.
 
-    :param queue_size: bound of each worker's queue.
-    :param workers: worker threads per direction; a session always goes to
-        the same one.
-    :param send_timeout: seconds a send waits for room in a full queue before
-        raising :class:`~nekobot_bus.BusFullError`; ``None`` waits forever.
-    :param dispatch: ``"threaded"`` runs handlers on worker threads;
-        ``"inline"`` runs them in the thread that sends (or receives, for a
-        remote bus) for the lowest latency and deterministic tests.
+    Keyword arguments are the :class:`~nekobot_bus.DispatchOptions`
+    (``queue_size``, ``workers``, ``send_timeout``, ``dispatch``,
+    ``intake_bytes``), with the same defaults and rules as in a config.
     """
 
-    #: The ``bus.type`` this class is registered under in :func:`~nekobot_bus.create_bus`.
-    type_name: ClassVar[str]
+    #: The ``bus.type`` whose config builds exactly this class, for a backend
+    #: registered as a class; a factory that picks among classes owns its name.
+    type_name: ClassVar[str | None] = None
 
     #: Counters this backend adds to :meth:`get_metrics`.
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Gauges (levels, not totals) this backend adds to :meth:`get_metrics`.
+    extra_gauges: ClassVar[tuple[str, ...]] = ()
+    #: What the bus's threads are named after: ``nekobot-bus-{thread_name}-...``.
+    thread_name: ClassVar[str]
 
-    def __init__(
-        self,
-        *,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        workers: int = DEFAULT_WORKERS,
-        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
-        dispatch: DispatchMode = "threaded",
-    ) -> None:
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ConfigError(f"queue_size must be a positive int, not {queue_size!r}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"workers must be a positive int, not {workers!r}")
-        if send_timeout is not None and (
-            isinstance(send_timeout, bool) or not isinstance(send_timeout, (int, float)) or send_timeout < 0
-        ):
-            raise ConfigError(f"send_timeout must be a number >= 0 or None, not {send_timeout!r}")
-        if dispatch not in ("threaded", "inline"):
-            raise ConfigError(f"dispatch must be 'threaded' or 'inline', not {dispatch!r}")
-        self.queue_size = queue_size
-        self.workers = workers
-        self.send_timeout = send_timeout
-        self.dispatch: DispatchMode = dispatch
-        self._metrics = Metrics(self.extra_metrics)
+    def __init__(self, **dispatch: Any) -> None:
+        options = DispatchOptions(**dispatch)
+        #: What the keyword arguments (or the config) set: see :class:`~nekobot_bus.DispatchOptions`.
+        self.options = options
+        self.queue_size = options.queue_size
+        self.workers = options.workers
+        self.send_timeout = options.send_timeout
+        self.dispatch: DispatchMode = "inline" if options.dispatch == "inline" else "threaded"
+        self.intake_bytes = options.intake_bytes
+        self._metrics = Metrics(self.extra_metrics, self.extra_gauges)
         self._registries = {d: HandlerRegistry() for d in Direction}
-        self._dispatchers = {
+        self._dispatchers: dict[Direction, Dispatcher[Any]] = {
             d: Dispatcher(
                 d,
                 self._registries[d],
                 self._metrics,
-                workers=workers,
-                queue_size=queue_size,
-                inline=dispatch == "inline",
-                thread_prefix=f"nekobot-bus-{self.type_name}",
-                settle=self._settle_hook(d),
+                workers=options.workers,
+                queue_size=options.queue_size,
+                inline=options.dispatch == "inline",
+                thread_prefix=f"nekobot-bus-{self.thread_name}",
+                settler=self._settler(d),
+                intake_bytes=options.intake_bytes,
             )
             for d in Direction
         }
         self._lifecycle = threading.Lock()
+        #: Set by a transport whose drain at stop() could not finish (its server was away).
+        self._drain_failed = False
         self._state = _NEW
 
     def __repr__(self) -> str:
@@ -137,7 +123,7 @@ class Bus(abc.ABC):
             for dispatcher in self._dispatchers.values():
                 alive += dispatcher.stop(deadline, drain=drain)
             alive += self._close_transport(deadline)
-            return not alive
+            return not alive and not (drain and self._drain_failed)
 
     def __enter__(self) -> Bus:
         self.start()
@@ -213,12 +199,26 @@ class Bus(abc.ABC):
         """Return every counter at one instant; see README.rst for each key."""
         return self._metrics.snapshot()
 
+    def gauge_names(self) -> frozenset[str]:
+        """The keys of :meth:`get_metrics` that are levels (``queue_depth``), not running totals."""
+        return self._metrics.gauge_names
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every message this bus has taken is finished.
 
         :returns: ``False`` if *timeout* seconds passed first.
         """
         return self._metrics.wait_idle(timeout)
+
+    def health(self) -> dict[str, Any]:
+        """Whether the bus can do its job now, for a health check.
+
+        Every backend answers with at least ``connected`` (``True`` when the
+        bus runs and, for a remote one, its link to the server is up),
+        ``backend`` and ``pid``; remote backends add what they know of
+        their server.
+        """
+        return {"connected": self.running, "backend": self.thread_name, "pid": os.getpid()}
 
     # -- for backends -----------------------------------------------------
 
@@ -237,8 +237,8 @@ class Bus(abc.ABC):
         """Release what the workers needed until they stopped; return threads still alive."""
         return []
 
-    def _settle_hook(self, direction: Direction) -> Settle | None:
-        """The :data:`~nekobot_bus.dispatch.Settle` callback of *direction*'s dispatcher, if any."""
+    def _settler(self, direction: Direction) -> Settler[Any] | None:
+        """What settles the messages of *direction*, for a transport that confirms them."""
         return None
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:  # noqa: B027
@@ -251,16 +251,6 @@ class Bus(abc.ABC):
 
         :raises ConfigError: naming the key that is wrong and why.
         """
-
-    @staticmethod
-    def dispatch_options(bus: Section, gateway: Section) -> dict[str, Any]:
-        """Read the options every backend shares, as keyword arguments of :class:`Bus`."""
-        return {
-            "queue_size": gateway.integer("message_queue_size", DEFAULT_QUEUE_SIZE, minimum=1),
-            "workers": bus.integer("workers", DEFAULT_WORKERS, minimum=1),
-            "send_timeout": bus.seconds("send_timeout", DEFAULT_SEND_TIMEOUT),
-            "dispatch": bus.text("dispatch", "threaded", choices=("threaded", "inline")),
-        }
 
 
 def _checked(message: object) -> Message:

@@ -18,10 +18,10 @@ import importlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from .bus import Bus
 from .errors import ConfigError
@@ -40,26 +40,32 @@ ConfigSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 
 ENTRY_POINT_GROUP = "nekobot_bus.backends"
 
-#: ``bus.type`` to ``"module:Class"``; imported only when asked for, so the
-#: local bus works without the ``redis`` package.
+#: Builds a bus from a whole config: a :class:`Bus` subclass's ``from_config``,
+#: or a factory that picks among classes (the ``redis`` type picks its delivery).
+BusFactory = Callable[[Mapping[str, Any]], Bus]
+
+#: ``bus.type`` to ``"module:Class"`` or ``"module:factory"``; imported only
+#: when asked for, so the local bus works without the ``redis`` package.
 BUILTIN_BACKENDS: Mapping[str, str] = {
     "local": "nekobot_bus.backends.local:LocalBus",
-    "redis": "nekobot_bus.backends.redis:RedisBus",
+    "redis": "nekobot_bus.backends.redis:create",
 }
 
 #: Extra a backend's module needs, named in the error when its import fails.
 _EXTRAS = {"redis": "redis"}
 
-_registered: dict[str, type[Bus]] = {}
+_registered: dict[str, BusFactory] = {}
 _registry_lock = threading.Lock()
 
 
-def register_backend(type_name: str, backend: type[Bus]) -> None:
-    """Make *backend* available as ``bus.type`` *type_name* in this process."""
-    if not (isinstance(backend, type) and issubclass(backend, Bus)):
-        raise TypeError(f"backend must be a Bus subclass, not {backend!r}")
+def register_backend(type_name: str, backend: type[Bus] | BusFactory) -> None:
+    """Make *backend* available as ``bus.type`` *type_name* in this process.
+
+    :param backend: a :class:`Bus` subclass (built with its ``from_config``)
+        or a factory taking the whole config and returning a bus.
+    """
     with _registry_lock:
-        _registered[type_name] = backend
+        _registered[type_name] = _factory(backend, repr(backend), TypeError)
 
 
 def available_backends() -> list[str]:
@@ -69,7 +75,16 @@ def available_backends() -> list[str]:
     return sorted(names)
 
 
-def _backend(type_name: str) -> type[Bus]:
+def _factory(backend: object, where: str, error: type[Exception]) -> BusFactory:
+    if isinstance(backend, type):
+        if issubclass(backend, Bus):
+            return backend.from_config
+    elif callable(backend):
+        return cast("BusFactory", backend)
+    raise error(f"backend {where} must be a Bus subclass or a factory of buses, not {backend!r}")
+
+
+def _backend(type_name: str) -> BusFactory:
     with _registry_lock:
         if type_name in _registered:
             return _registered[type_name]
@@ -90,10 +105,7 @@ def _backend(type_name: str) -> type[Bus]:
         raise ConfigError(
             f"bus.type {type_name!r} needs {exc.name or module_name!r}, which is not installed{hint}"
         ) from exc
-    backend = getattr(module, attr, None)
-    if not (isinstance(backend, type) and issubclass(backend, Bus)):
-        raise ConfigError(f"bus.type {type_name!r} points at {target!r}, which is not a Bus subclass")
-    return backend
+    return _factory(getattr(module, attr, None), f"of bus.type {type_name!r} ({target})", ConfigError)
 
 
 def load_config(source: ConfigSource) -> dict[str, Any]:
@@ -138,4 +150,4 @@ def create_bus(config: ConfigSource | None = None) -> Bus:
     type_name = bus_section.get("type", "local")
     if not isinstance(type_name, str):
         raise ConfigError(f"bus.type must be a string, not {type_name!r}")
-    return _backend(type_name).from_config(parsed)
+    return _backend(type_name)(parsed)

@@ -1,244 +1,75 @@
-"""Handler registry and session-affine worker threads, shared by every backend.
+"""Session-affine worker threads that call the handlers, shared by every backend.
 
-A transport (the local send path, the Redis reader) hands each message to the
+A transport (the local send path, a Redis reader) hands each message to the
 :class:`Dispatcher` of its direction and returns; worker threads call the
 handlers. The message's journey, and where it is counted:
 
-1. :meth:`Dispatcher.submit` puts it on the queue of the worker that owns its
-   session (``hash(session_id) % workers``), so one session's messages are
-   handled in the order they were submitted while sessions run in parallel.
-   The queue is bounded: a full queue makes ``submit`` wait up to its
-   timeout and then raise :class:`~nekobot_bus.BusFullError` (counted in
-   ``send_timeouts``). Being taken by a queue is what counts the message in
-   ``messages_in``/``messages_out``, atomically with the put.
+1. It goes to the queue of the worker that owns its session
+   (``hash(session_id) % workers``), so one session's messages are handled
+   in the order they were given while sessions run in parallel. Being taken
+   by a queue is what counts it in ``messages_in``/``messages_out``,
+   atomically with the put. Three ways in:
+
+   - :meth:`~Dispatcher.submit` (local sends) waits for room in the bounded
+     queue up to its timeout, then raises :class:`~nekobot_bus.BusFullError`
+     (counted ``send_timeouts``);
+   - :meth:`~Dispatcher.offer` (a reader that must never block) takes it past
+     the queue's bound while the dispatcher's intake budget, in bytes, has
+     room: a burst waits in memory; only past the budget is a message
+     counted ``dropped``;
+   - :meth:`~Dispatcher.put_waiting` (a reader that can leave messages on its
+     server) waits briefly and reports whether it was taken.
+
 2. The worker runs every handler of its channel and of ``"*"``, each in its
    own ``try``: a handler that raises is logged and counted in ``errors``,
-   and the others still run. The message is then counted ``handled``, or
-   ``no_handler`` if nobody listened.
-3. On :meth:`Dispatcher.close` each queue is sealed: a stop sentinel goes in
+   and the others still run. With a :class:`~nekobot_bus.settle.Settler`, the
+   transport then decides the outcome; a retry keeps the message and the
+   rest of its session aside (:mod:`._aside`) while other sessions flow. The
+   message is counted ``handled``, or ``no_handler`` if nobody listened.
+
+3. On :meth:`~Dispatcher.stop` each queue is sealed: a stop sentinel goes in
    last, past the bound, and every later put raises
    :class:`~nekobot_bus.BusClosedError` under the same lock that guards the
-   queue, so no message can slip in behind the sentinel. Without draining,
-   the worker counts what is left as ``dropped``.
+   queue, so nothing slips in behind the sentinel. Without draining, and for
+   what waits for a retry, the worker counts what is left ``dropped`` (and a
+   settler releases it).
 
-If the process dies, messages in the queues die with it: the local bus keeps
-nothing outside memory.
+If the process dies, messages in the queues die with it.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Final, cast
+from typing import Generic, TypeVar, cast
 
+from ._aside import Aside, Parked
 from ._threads import join_all
+from ._workqueue import Intake, Item, QueueClosed, WorkQueue
 from .errors import BusClosedError, BusFullError
-from .message import WILDCARD, Message, validate_channel_id
+from .message import Message
 from .metrics import Metrics
+from .registry import Direction, Handler, HandlerRegistry
+from .settle import Outcome, Release, Report, RetryAt, Settler
 
-__all__ = ["Direction", "Dispatcher", "Handler", "HandlerRegistry", "Settle"]
+__all__ = ["DEFAULT_INTAKE_BYTES", "Direction", "Dispatcher", "Handler", "HandlerRegistry"]
 
 logger = logging.getLogger("nekobot_bus.dispatch")
 
-#: A handler receives the message; what it returns is ignored, raising is a failure.
-Handler = Callable[[Message], object]
+#: Default intake budget of one direction: what a burst may hold in memory.
+DEFAULT_INTAKE_BYTES = 64 * 1024 * 1024
+#: What a message costs the intake besides its payload: the decoded object's memory, roughly.
+MESSAGE_OVERHEAD = 512
 
-#: Called on the worker after the handlers of a message ran, with the ticket
-#: the transport gave it, whether its channel had any handler, and the
-#: handlers that raised; see :class:`Dispatcher`.
-Settle = Callable[[Message, object, bool, list[tuple[Handler, Exception]]], None]
-
-
-class Direction(str, enum.Enum):
-    """Which way a message travels: from a channel to the agent, or back."""
-
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
-
-    @property
-    def suffix(self) -> str:
-        """``"in"`` or ``"out"``, the suffix of this direction's counters."""
-        return "in" if self is Direction.INBOUND else "out"
-
-    def __str__(self) -> str:
-        return self.value
+T = TypeVar("T")
 
 
-class HandlerRegistry:
-    """Which handlers listen on which channel, for one direction. Thread-safe.
-
-    Writers copy and swap an immutable routing table under a lock; readers take
-    the current table without locking, so a lookup on the hot path is one dict
-    access and a registration never blocks a worker.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_channel: dict[str, tuple[Handler, ...]] = {}
-        self._routes: dict[str, tuple[Handler, ...]] = {}
-        self._wildcard: tuple[Handler, ...] = ()
-        self._channels: frozenset[str] = frozenset()
-
-    def add(self, channel_id: str, handler: Handler) -> None:
-        """Add *handler* for *channel_id* (``"*"`` for every channel)."""
-        validate_channel_id(channel_id, allow_wildcard=True)
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        with self._lock:
-            by_channel = dict(self._by_channel)
-            by_channel[channel_id] = (*by_channel.get(channel_id, ()), handler)
-            self._publish(by_channel)
-
-    def remove_all(self, channel_id: str) -> int:
-        """Remove every handler of *channel_id*; return how many there were."""
-        validate_channel_id(channel_id, allow_wildcard=True)
-        with self._lock:
-            by_channel = dict(self._by_channel)
-            removed = by_channel.pop(channel_id, ())
-            self._publish(by_channel)
-        return len(removed)
-
-    def _publish(self, by_channel: dict[str, tuple[Handler, ...]]) -> None:
-        wildcard = by_channel.get(WILDCARD, ())
-        routes = {cid: handlers + wildcard for cid, handlers in by_channel.items() if cid != WILDCARD}
-        # Readers may see the old or the new table, never a half-built one.
-        self._by_channel, self._wildcard, self._routes = by_channel, wildcard, routes
-        self._channels = frozenset(by_channel)
-
-    def lookup(self, channel_id: str) -> tuple[Handler, ...]:
-        """Return the handlers a message on *channel_id* goes to, in registration order."""
-        return self._routes.get(channel_id, self._wildcard)
-
-    def channels(self) -> frozenset[str]:
-        """The channel ids (and ``"*"``) that have at least one handler."""
-        return self._channels
-
-
-class _Stop:
-    def __repr__(self) -> str:
-        return "<stop>"
-
-
-_STOP: Final = _Stop()
-
-# What a queue holds besides _STOP: the message and its transport's ticket.
-_Item = tuple[Message, object]
-
-
-class _QueueClosed(Exception):
-    pass
-
-
-class _WorkQueue:
-    """A bounded FIFO that counts what it takes and can be sealed. Thread-safe.
-
-    Items travel through a :class:`queue.SimpleQueue`, whose blocking ``get``
-    is one lock hand-off in C: a worker wakes a few microseconds sooner than
-    from ``queue.Queue``'s condition variables, which matters on every
-    message. The bound, the seal and the ``accepted`` count live under one
-    lock, so the closed check, the count and the enqueue happen atomically
-    with respect to :meth:`seal`: nothing is accepted behind the sentinel.
-    """
-
-    def __init__(
-        self, maxsize: int, metrics: Metrics, accepted_key: str, on_take: Callable[[], None] | None = None
-    ) -> None:
-        self.maxsize = maxsize
-        self._on_take = on_take
-        self._metrics = metrics
-        self._accepted_key = accepted_key
-        self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        self._size = 0  # items queued, _STOP not counted
-        self._blocked = 0  # senders waiting for room
-        self._closed = False
-
-    def qsize(self) -> int:
-        return self._size
-
-    def put(self, item: object, timeout: float | None = None) -> None:
-        """Queue *item*, waiting up to *timeout* seconds for room (``None``: forever, 0: not at all).
-
-        :raises queue.Full: no room in time.
-        :raises _QueueClosed: the queue was sealed.
-        """
-        with self._lock:
-            if self._closed:
-                raise _QueueClosed
-            if self._size >= self.maxsize:
-                if timeout is not None and timeout <= 0:
-                    raise queue.Full
-                self._blocked += 1
-                try:
-                    room = self._room.wait_for(lambda: self._size < self.maxsize or self._closed, timeout)
-                finally:
-                    self._blocked -= 1
-                if self._closed:
-                    raise _QueueClosed
-                if not room:
-                    raise queue.Full
-            self._size += 1
-            self._metrics.accepted(self._accepted_key)
-            self._items.put(item)
-
-    def put_nowait(self, item: object) -> None:
-        self.put(item, 0)
-
-    def get(self) -> object:
-        """Wait for the next item (the sentinel after :meth:`seal`)."""
-        item = self._items.get()
-        if item is not _STOP:
-            self._took_one()
-        return item
-
-    def get_nowait(self) -> object:
-        """The next item, or :class:`queue.Empty`."""
-        item = self._items.get_nowait()
-        if item is not _STOP:
-            self._took_one()
-        return item
-
-    def _took_one(self) -> None:
-        with self._lock:
-            self._size -= 1
-            if self._blocked:
-                self._room.notify()
-        if self._on_take is not None:
-            self._on_take()
-
-    def seal(self) -> None:
-        """Refuse all further puts and append the stop sentinel past the bound."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._items.put(_STOP)
-            self._room.notify_all()
-
-    def wake_blocked_putters(self) -> None:
-        """Let senders blocked on a full queue see that it is sealed."""
-        with self._lock:
-            self._room.notify_all()
-
-    def take_all(self) -> list[object]:
-        """Remove and return everything queued (used when no worker will run)."""
-        items = []
-        while True:
-            try:
-                items.append(self.get_nowait())
-            except queue.Empty:
-                return items
-
-
-class Dispatcher:
+class Dispatcher(Generic[T]):
     """Calls the handlers of one direction, on worker threads or inline.
 
-    Thread-safe: :meth:`submit` may be called from any number of threads;
+    Thread-safe: messages may be given from any number of threads;
     :meth:`start` and :meth:`stop` are called by the owning bus under its
     lifecycle lock.
 
@@ -248,10 +79,9 @@ class Dispatcher:
         Messages submitted before :meth:`start` wait in one queue and are
         handled by :meth:`start`.
     :param thread_prefix: threads are named ``{thread_prefix}-{direction}-{n}``.
-    :param settle: called after the handlers of each message ran (or found
-        none), before it counts as finished, with the ticket the transport
-        passed to :meth:`offer`: the Redis queue delivery acknowledges or
-        retries there. A message that is dropped is never settled.
+    :param settler: decides and carries out what becomes of each message with
+        a ticket (see :mod:`nekobot_bus.settle`); ``None``: handled is done.
+    :param intake_bytes: the budget of :meth:`offer`, in bytes.
     """
 
     def __init__(
@@ -264,10 +94,13 @@ class Dispatcher:
         queue_size: int,
         inline: bool = False,
         thread_prefix: str = "nekobot-bus",
-        settle: Settle | None = None,
+        settler: Settler[T] | None = None,
+        intake_bytes: int = DEFAULT_INTAKE_BYTES,
     ) -> None:
+        if inline and settler is not None:
+            raise ValueError("inline dispatch runs no settler: retries would block the sender")
         self.direction = direction
-        self._settle = settle
+        self._settler = settler
         self._registry = registry
         self._metrics = metrics
         self._inline = inline
@@ -276,12 +109,13 @@ class Dispatcher:
         self._handled_key = f"handled_{suffix}"
         self._no_handler_key = f"no_handler_{suffix}"
         self._dropped_key = f"dropped_{suffix}"
+        self._intake = Intake(intake_bytes, metrics, f"intake_bytes_{suffix}")
         count = 1 if inline else workers
         # Signalled when a worker takes a message, for a transport waiting for room.
         self._room_freed = threading.Condition()
         self._room_waiters = 0
-        self._queues = [
-            _WorkQueue(queue_size, metrics, self._accepted_key, self._took_from_queue) for _ in range(count)
+        self._queues: list[WorkQueue[T]] = [
+            WorkQueue(queue_size, metrics, self._accepted_key, self._took) for _ in range(count)
         ]
         self._threads = [
             threading.Thread(
@@ -294,13 +128,16 @@ class Dispatcher:
         ]
         self._live = False  # inline only: True once start() has handled the backlog
         self._start_lock = threading.RLock()
+        # Inline sends in progress: stop() waits for them, so no handler runs after it returns.
+        self._inline_calls = threading.Condition()
+        self._inline_running = 0
         self._discarding = False
         self._started = False
 
-    # -- sending ----------------------------------------------------------
+    # -- taking messages ----------------------------------------------------
 
     def submit(self, message: Message, timeout: float | None) -> None:
-        """Take *message* for handling.
+        """Take *message* for handling (a local send; no ticket).
 
         :param timeout: how long to wait for room in a full queue; ``None`` waits forever.
         :raises BusFullError: the queue stayed full for *timeout* seconds.
@@ -309,43 +146,39 @@ class Dispatcher:
         if self._inline:
             self._submit_inline(message)
             return
-        self._put(self._queue_for(message), (message, None), timeout)
+        self._put(self._queue_for(message), Item(message, cast("T", None)), timeout)
 
-    def _queue_for(self, message: Message) -> _WorkQueue:
+    def _queue_for(self, message: Message) -> WorkQueue[T]:
         # The session's worker, always the same one: that keeps its order.
         queues = self._queues
         return queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
 
-    def offer(self, message: Message, ticket: object = None) -> bool:
-        """Take *message* if its worker's queue has room, else count it ``dropped``.
+    def offer(self, message: Message, ticket: T, size: int) -> bool:
+        """Take *message* without waiting while the intake budget has room, else count it ``dropped``.
 
+        For transports that must never block (the Redis fan-out reader): a
+        reader that waited would let the server's output buffer grow until it
+        cuts the connection, losing far more than one message.
+
+        :param size: the payload's bytes; the budget is charged that plus
+            :data:`MESSAGE_OVERHEAD` until a worker takes the message.
         :returns: whether the message was taken.
-
-        For transports that must never block (the Redis reader): a reader that
-        waited would let the server's output buffer grow until it cuts the
-        connection, losing far more than one message.
         """
-        q = self._queue_for(message)
-        try:
-            q.put_nowait((message, ticket))
-        except queue.Full:
+        item = Item(message, ticket, size + MESSAGE_OVERHEAD)
+        if not self._intake.reserve(item.size):
             self._metrics.accepted(self._accepted_key)
-            self._metrics.finished(self._dropped_key)
-            logger.warning(
-                "%s queue full (%d messages); message %r on channel %r dropped",
-                self.direction,
-                q.maxsize,
-                message.id,
-                message.channel_id,
-            )
+            self._drop(item, f"the intake holds {self._intake.limit} bytes already")
             return False
-        except _QueueClosed:
+        try:
+            self._queue_for(message).put(item, bounded=False)
+        except QueueClosed:
+            self._intake.release(item.size)
             self._metrics.accepted(self._accepted_key)
-            self._metrics.finished(self._dropped_key)
+            self._drop(item, "the bus is stopping")
             return False
         return True
 
-    def put_waiting(self, message: Message, ticket: object, timeout: float) -> bool:
+    def put_waiting(self, message: Message, ticket: T, timeout: float) -> bool:
         """Take *message* once its worker's queue has room, waiting up to *timeout* seconds.
 
         For transports that can hold a message back without losing it (the
@@ -353,14 +186,18 @@ class Dispatcher:
         still owns the message. Also ``False`` once the dispatcher is stopped.
         """
         try:
-            self._queue_for(message).put((message, ticket), timeout=timeout)
-        except (queue.Full, _QueueClosed):
+            self._queue_for(message).put(Item(message, ticket), timeout=timeout)
+        except (queue.Full, QueueClosed):
             return False
         return True
 
     def room(self) -> int:
-        """How many more messages the queues can take now, all workers together."""
-        return sum(q.maxsize - q.qsize() for q in self._queues)
+        """How many more messages the queues can take now, all workers together.
+
+        Messages a worker keeps aside behind a retry take room too: a session
+        that keeps failing cannot make its worker hold an unbounded backlog.
+        """
+        return sum(max(0, q.maxsize - q.qsize() - q.held_back) for q in self._queues)
 
     def wait_for_room(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds until :meth:`room` is above zero."""
@@ -371,23 +208,24 @@ class Dispatcher:
             finally:
                 self._room_waiters -= 1
 
-    def _took_from_queue(self) -> None:
+    def _took(self, item: Item[T]) -> None:
+        if item.size:
+            self._intake.release(item.size)
         if self._room_waiters:  # an unlocked look: the hot path pays nothing when nobody waits
             with self._room_freed:
                 self._room_freed.notify_all()
 
-    def _put(self, q: _WorkQueue, item: _Item, timeout: float | None) -> None:
-        message = item[0]
+    def _put(self, q: WorkQueue[T], item: Item[T], timeout: float | None) -> None:
         try:
             q.put(item, timeout=timeout)
         except queue.Full:
             self._metrics.incr("send_timeouts")
             raise BusFullError(
                 f"{self.direction} queue stayed full ({q.maxsize} messages) for {timeout} s; "
-                f"message {message.id!r} was not sent"
+                f"message {item.message.id!r} was not sent"
             ) from None
-        except _QueueClosed:
-            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent") from None
+        except QueueClosed:
+            raise BusClosedError(f"the bus is stopped; message {item.message.id!r} was not sent") from None
 
     def _submit_inline(self, message: Message) -> None:
         if not self._live:
@@ -395,38 +233,89 @@ class Dispatcher:
                 if not self._live:
                     # Nothing drains this queue before start(), so waiting would only
                     # stall the caller: a full backlog fails at once.
-                    self._put(self._queues[0], (message, None), timeout=0)
+                    self._put(self._queues[0], Item(message, cast("T", None)), timeout=0)
                     return
-        if self._discarding:
-            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
-        self._metrics.accepted(self._accepted_key)
-        self._deliver(message, None)
+        with self._inline_calls:
+            if self._discarding:
+                raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
+            self._inline_running += 1
+        try:
+            self._metrics.accepted(self._accepted_key)
+            self._deliver(Item(message, cast("T", None)), None)
+        finally:
+            with self._inline_calls:
+                self._inline_running -= 1
+                if not self._inline_running:
+                    self._inline_calls.notify_all()
 
-    # -- handling ---------------------------------------------------------
+    # -- handling -----------------------------------------------------------
 
-    def _deliver(self, message: Message, ticket: object) -> None:
+    def _deliver(self, item: Item[T], aside: Aside[T] | None, runs: int = 1) -> None:
+        """Run the handlers of *item* and settle it; park it in *aside* when told to retry."""
+        message = item.message
         handlers = self._registry.lookup(message.channel_id)
-        failures: list[tuple[Handler, Exception]] = []
-        if handlers:
-            failures = self.run_handlers(message, handlers)
-        else:
+        failures = self.run_handlers(message, handlers) if handlers else ()
+        self._settle(item, aside, bool(handlers), failures, runs)
+
+    def _settle(
+        self,
+        item: Item[T],
+        aside: Aside[T] | None,
+        handled: bool,
+        failures: tuple[tuple[Handler, Exception], ...],
+        runs: int,
+    ) -> None:
+        message = item.message
+        if self._settler is not None and aside is not None:
+            outcome = self._decide(item, Report(handled, failures, runs))
+            if isinstance(outcome, RetryAt):
+                aside.park(Parked(item, tuple(h for h, _ in failures), runs, outcome.when))
+                return
+            self._carry_out(item, outcome)
+        elif not handled:
             logger.debug(
                 "no %s handler for channel %r; message %r counted",
                 self.direction,
                 message.channel_id,
                 message.id,
             )
-        if self._settle is not None:
-            try:
-                self._settle(message, ticket, bool(handlers), failures)
-            except Exception:
-                self._metrics.incr("errors")
-                logger.exception("settling %s message %r failed", self.direction, message.id)
-        self._metrics.finished(self._handled_key if handlers else self._no_handler_key)
+        self._metrics.finished(self._handled_key if handled else self._no_handler_key)
+
+    def _decide(self, item: Item[T], report: Report) -> Outcome:
+        assert self._settler is not None
+        try:
+            return self._settler.decide(item.message, item.ticket, report)
+        except Exception as exc:
+            self._metrics.incr("errors")
+            logger.exception("deciding the outcome of %s message %r failed", self.direction, item.message.id)
+            return Release(f"deciding its outcome failed: {exc!r}")
+
+    def _carry_out(self, item: Item[T], outcome: Outcome) -> None:
+        assert self._settler is not None
+        try:
+            self._settler.carry_out(item.message, item.ticket, outcome)
+        except Exception:
+            self._metrics.incr("errors")
+            logger.exception("settling %s message %r failed", self.direction, item.message.id)
+
+    def _drop(self, item: Item[T], why: str, level: int = logging.WARNING) -> None:
+        """Count an accepted message ``dropped``; a settler releases it."""
+        message = item.message
+        logger.log(
+            level,
+            "%s message %r on channel %r dropped: %s",
+            self.direction,
+            message.id,
+            message.channel_id,
+            why,
+        )
+        if self._settler is not None:
+            self._carry_out(item, Release(f"dropped: {why}"))
+        self._metrics.finished(self._dropped_key)
 
     def run_handlers(
         self, message: Message, handlers: tuple[Handler, ...]
-    ) -> list[tuple[Handler, Exception]]:
+    ) -> tuple[tuple[Handler, Exception], ...]:
         """Call each of *handlers* in its own ``try``; return those that raised, with the error.
 
         Each failure is logged and counted in ``errors``.
@@ -445,23 +334,49 @@ class Dispatcher:
                     message.id,
                     message.channel_id,
                 )
-        return failures
+        return tuple(failures)
 
-    def _work(self, q: _WorkQueue) -> None:
-        # Blocks without a timeout on purpose: seal() always delivers the
-        # sentinel, past the bound, so the worker is woken exactly when needed.
+    def _work(self, q: WorkQueue[T]) -> None:
+        # Without retries aside, blocks without a timeout on purpose: seal()
+        # always delivers the sentinel, so the worker wakes exactly when needed.
+        aside: Aside[T] = Aside()
         get = q.get
         while True:
-            item = get()
-            if item is _STOP:
+            try:
+                item = get(aside.wait_time())
+            except queue.Empty:
+                self._retry_due(q, aside)
+                continue
+            if not isinstance(item, Item):
+                for left in aside.take_all():
+                    self._drop(left, "it waited for a retry when the bus stopped", logging.INFO)
+                q.held_back = 0
                 return
-            message, ticket = cast("_Item", item)
             if self._discarding:
-                self._metrics.finished(self._dropped_key)
+                self._drop(item, "the bus stopped without draining", logging.DEBUG)
+            elif aside.holds(item.message.session_id):
+                aside.hold(item)
+                q.held_back += 1
             else:
-                self._deliver(message, ticket)
+                self._deliver(item, aside)
+            if aside.wait_time() == 0.0:
+                self._retry_due(q, aside)
 
-    # -- lifecycle --------------------------------------------------------
+    def _retry_due(self, q: WorkQueue[T], aside: Aside[T]) -> None:
+        """Run each retry whose time has come; then the messages its session held back, in order."""
+        for parked in aside.pop_due():
+            runs = parked.runs + 1
+            failures = self.run_handlers(parked.item.message, cast("tuple[Handler, ...]", parked.handlers))
+            self._settle(parked.item, aside, True, failures, runs)
+            session = parked.item.message.session_id
+            backlog = parked.backlog
+            while backlog and not aside.holds(session):
+                q.held_back -= 1
+                self._deliver(backlog.popleft(), aside)
+            if backlog:
+                aside.hold_all(session, backlog)  # parked again: the rest waits behind it, in order
+
+    # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers, or (inline) handle the backlog in this thread."""
@@ -473,14 +388,8 @@ class Dispatcher:
                 thread.start()
             return
         with self._start_lock:
-            q = self._queues[0]
-            while True:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                message, ticket = cast("_Item", item)
-                self._deliver(message, ticket)
+            for item in self._queues[0].take_all():
+                self._deliver(item, None)
             self._live = True
 
     def stop(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
@@ -489,25 +398,29 @@ class Dispatcher:
         :param drain: handle what is queued first; otherwise count it ``dropped``.
         :returns: worker threads still alive at the deadline (a handler that
             does not return); what they have left is counted ``dropped`` when
-            they get to it.
+            they get to it. Inline, an empty list even if a sender's handler
+            was still running at the deadline (it is not our thread).
         """
         if not drain:
             self._discarding = True
         for q in self._queues:
             q.seal()
         if self._inline or not self._started:
-            self._discarding = True
+            with self._inline_calls:
+                self._discarding = True
+                self._inline_calls.wait_for(
+                    lambda: not self._inline_running, max(0.0, deadline - time.monotonic())
+                )
             with self._start_lock:
                 self._live = True  # later inline sends see _discarding and raise
             for q in self._queues:
-                leftover = [item for item in q.take_all() if item is not _STOP]
+                leftover = q.take_all()
                 if leftover:
                     logger.warning(
                         "%d %s messages were never handled (bus not started)", len(leftover), self.direction
                     )
-                    self._metrics.finished(self._dropped_key, len(leftover))
-            if self._inline and drain:
-                self._metrics.wait_idle(max(0.0, deadline - time.monotonic()))
+                    for item in leftover:
+                        self._drop(item, "the bus never started", logging.DEBUG)
             return []
         alive = join_all(self._threads, deadline)
         if alive:

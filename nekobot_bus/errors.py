@@ -13,6 +13,7 @@ __all__ = [
     "BusClosedError",
     "BusConnectionError",
     "BusFullError",
+    "BusReplyError",
     "ConfigError",
     "InvalidChannelError",
     "MessageDecodeError",
@@ -63,6 +64,10 @@ class BusFullError(NekobotBusError, TimeoutError):
 
 class BusConnectionError(NekobotBusError, ConnectionError):
     """A remote backend could not reach its server within the time allowed."""
+
+
+class BusReplyError(NekobotBusError, RuntimeError):
+    """The server refused a command; the text names what the bus was doing and the server's reply."""
 
 
 class UnroutedMessageError(NekobotBusError, LookupError):

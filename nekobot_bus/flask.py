@@ -35,7 +35,7 @@ A blueprint under ``NEKOBOT_BUS_URL_PREFIX`` (default ``/bus``):
 
 ``GET /bus/health``
     JSON with ``status`` (``ok`` or ``unavailable``), the backend, its
-    ``health()`` where it has one, and the metrics: 200 when the bus runs
+    ``health()``, and the metrics: 200 when the bus runs
     (and, on Redis, its reader is connected), else 503. For load balancers.
 ``GET /bus/metrics``
     The metrics in Prometheus' text format when ``prometheus_client`` is
@@ -47,7 +47,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
@@ -59,8 +58,6 @@ __all__ = ["EXTENSION_KEY", "NekobotBus"]
 
 #: Where the extension keeps its state in ``app.extensions``.
 EXTENSION_KEY = "nekobot_bus"
-
-_GAUGES = ("queue_depth", "pending_in", "pending_out")
 
 
 class _BusState:
@@ -159,8 +156,8 @@ def _views() -> Blueprint:
 
 def _health() -> tuple[Response, int]:
     bus = _state().bus
-    health: Mapping[str, Any] | None = getattr(bus, "health", lambda: None)()
-    ok = bus.running and (health is None or bool(health.get("connected")))
+    health = bus.health()
+    ok = bus.running and bool(health.get("connected"))
     body = {
         "status": "ok" if ok else "unavailable",
         "backend": type(bus).__name__,
@@ -172,7 +169,8 @@ def _health() -> tuple[Response, int]:
 
 
 def _metrics() -> Response | tuple[Response, int]:
-    metrics = _state().bus.get_metrics()
+    bus = _state().bus
+    metrics, gauges = bus.get_metrics(), bus.gauge_names()
     try:
         from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415 - optional
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
@@ -186,7 +184,7 @@ def _metrics() -> Response | tuple[Response, int]:
         labelled = suffix in ("in", "out")
         base = name if labelled else key
         if base not in families:
-            kind = GaugeMetricFamily if key in _GAUGES else CounterMetricFamily
+            kind = GaugeMetricFamily if key in gauges else CounterMetricFamily
             families[base] = kind(
                 f"nekobot_bus_{base}",
                 f"nekobot_bus {base.replace('_', ' ')}",

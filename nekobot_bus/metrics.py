@@ -1,6 +1,8 @@
-"""Thread-safe counters with a consistent snapshot, and the wait for idleness.
+"""Thread-safe counters and gauges with a consistent snapshot, and the wait for idleness.
 
-Every counter lives in one dict guarded by one lock, so :meth:`Metrics.snapshot`
+A *counter* only grows (``handled_in``, ``errors``); a *gauge* is a level
+that goes up and down (``queue_depth``, ``intake_bytes_in``, the queue
+delivery's ``pending_in``). Both live in one dict guarded by one lock, so :meth:`Metrics.snapshot`
 sees all of them at a single instant and the totals it reports add up. The
 same lock backs a condition that :meth:`Metrics.wait_idle` sleeps on; it is
 only notified when the number of messages in flight drops to zero while
@@ -12,10 +14,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-__all__ = ["DIRECTION_KEYS", "Metrics"]
+__all__ = ["DIRECTION_GAUGES", "DIRECTION_KEYS", "Metrics"]
 
 #: Per-direction counters, written with an ``_in`` or ``_out`` suffix.
 DIRECTION_KEYS = ("messages", "handled", "no_handler", "dropped")
+#: Per-direction gauges of every bus: the bytes a burst holds in the intake.
+DIRECTION_GAUGES = ("intake_bytes",)
 
 
 class Metrics:
@@ -27,14 +31,19 @@ class Metrics:
     ``queue_depth``. Each finished message is counted under exactly one key.
 
     :param extra: backend-specific counters, which start at zero.
+    :param gauges: backend-specific gauges, which start at zero.
     """
 
-    def __init__(self, extra: Iterable[str] = ()) -> None:
+    def __init__(self, extra: Iterable[str] = (), gauges: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         keys = [f"{key}_{suffix}" for key in DIRECTION_KEYS for suffix in ("in", "out")]
         keys += ["errors", "send_timeouts", *extra]
         self._counts = dict.fromkeys(keys, 0)
+        levels = [f"{key}_{suffix}" for key in DIRECTION_GAUGES for suffix in ("in", "out")]
+        self._levels = dict.fromkeys([*levels, *gauges], 0)
+        #: The keys of :meth:`snapshot` that are gauges, not counters.
+        self.gauge_names = frozenset([*self._levels, "queue_depth"])
         self._in_flight = 0
         self._idle_waiters = 0
 
@@ -42,6 +51,11 @@ class Metrics:
         """Add *amount* to counter *key*, which must exist."""
         with self._lock:
             self._counts[key] += amount
+
+    def move(self, gauge: str, delta: int) -> None:
+        """Move *gauge*, which must exist, up or down by *delta*."""
+        with self._lock:
+            self._levels[gauge] += delta
 
     def accepted(self, key: str) -> None:
         """Count one message taken in under *key* (``messages_in`` or ``messages_out``)."""
@@ -58,9 +72,9 @@ class Metrics:
                 self._idle.notify_all()
 
     def snapshot(self) -> dict[str, int]:
-        """Return every counter at one instant, with the totals over both directions."""
+        """Return every counter and gauge at one instant, with the totals over both directions."""
         with self._lock:
-            counts = dict(self._counts)
+            counts = self._counts | self._levels
             in_flight = self._in_flight
         for key in ("no_handler", "dropped"):
             counts[key] = counts[f"{key}_in"] + counts[f"{key}_out"]

@@ -72,7 +72,17 @@ def redis_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
 
 def queue_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
     """A queue-delivery config for *server*: short claim and retry times for fault tests."""
-    return redis_config(server, **{"delivery": "queue", "claim_idle": 1.0, "retry_backoff": 0.05, **bus})
+    return {
+        "bus": {
+            "type": "redis",
+            "delivery": "queue",
+            "redis_addr": server.addr,
+            "health_check_timeout": 1.0,
+            "claim_idle": 1.0,
+            "retry_backoff": 0.05,
+            **bus,
+        }
+    }
 
 
 @pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis", "redis-queue", "redis-queue-sharded"])

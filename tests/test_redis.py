@@ -231,11 +231,21 @@ def test_paused_server_trips_the_liveness_check(redis_server: RedisServer, buses
     assert_nothing_silently_missing(bus, stream, collector)
 
 
-def test_slow_handler_does_not_get_the_subscriber_cut(tmp_path: Path, buses: list[Bus]) -> None:
+@pytest.mark.parametrize(
+    ("intake_bytes", "all_handled"),
+    [
+        pytest.param(None, True, id="default intake: the burst waits in memory"),
+        pytest.param(200_000, False, id="small intake: the excess is dropped, and counted"),
+    ],
+)
+def test_a_burst_behind_a_slow_handler_neither_cuts_the_subscriber_nor_goes_missing(
+    tmp_path: Path, buses: list[Bus], intake_bytes: int | None, all_handled: bool
+) -> None:
     server = RedisServer(tmp_path, "--client-output-buffer-limit", "pubsub", "256kb", "0", "0")
     server.start()
     try:
-        bus = new_bus(buses, server, workers=1)
+        options = {} if intake_bytes is None else {"intake_bytes": intake_bytes}
+        bus = new_bus(buses, server, workers=1, **options)
         gate = threading.Event()
         handled: list[str] = []
 
@@ -249,14 +259,21 @@ def test_slow_handler_does_not_get_the_subscriber_cut(tmp_path: Path, buses: lis
         batch = [Message(channel_id="telegram", session_id="s", content=body) for _ in range(400)]  # ~1.7 MB
         bus.send_many(Direction.INBOUND, batch)
         time.sleep(0.5)
+        peak = bus.get_metrics()["intake_bytes_in"]
         gate.set()
         assert bus.wait_idle(WAIT)
         m = bus.get_metrics()
         assert m["reconnects"] == 0, "Redis cut the subscriber"
         assert m["lost"] == 0
         assert m["messages_in"] == len(batch) == m["handled_in"] + m["dropped_in"]
-        assert m["dropped_in"] > 0  # the queue (100) overflowed and said so
         assert len(handled) == m["handled_in"]
+        assert m["intake_bytes_in"] == 0, "the intake gauge returns to zero"
+        if all_handled:
+            assert m["dropped_in"] == 0
+            assert peak > 1_000_000  # the burst really waited in the intake
+        else:
+            assert 0 < m["dropped_in"] < len(batch)
+            assert peak <= 200_000
     finally:
         for made in buses:
             made.stop(5)

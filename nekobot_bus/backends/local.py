@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._options import Section
+import attrs
+
+from .._options import DispatchOptions, dispatch_options, section, split_section
 from ..bus import Bus
 from ..dispatch import Direction
 from ..message import Message
@@ -23,13 +25,12 @@ class LocalBus(Bus):
     """
 
     type_name = "local"
+    thread_name = "local"
 
     def _send(self, direction: Direction, message: Message) -> None:
         self._dispatchers[direction].submit(message, self.send_timeout)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalBus:
-        bus, gateway = Section("bus", config.get("bus")), Section("gateway", config.get("gateway"))
-        options = cls.dispatch_options(bus, gateway)
-        bus.check_no_unknown_keys(also_known=("type",))
-        return cls(**options)
+        split_section("bus", section(config, "bus"), {"dispatch": DispatchOptions.BUS_KEYS}, also=("type",))
+        return cls(**attrs.asdict(dispatch_options(config)))

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .._options import Section
+from .._options import section
 from ..config import load_config
 from ..errors import BusConnectionError, ConfigError
 
@@ -17,6 +17,7 @@ class RedisTarget(NamedTuple):
     url: str
     prefix: str
     delivery: str
+    shards: int
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
     if args.redis_url:
         return {"bus": {"type": "redis", "redis_url": args.redis_url}}
     config = load_config(args.config)
-    kind = Section("bus", config.get("bus")).text("type", "local")
+    kind = section(config, "bus").get("type", "local")
     if kind != "redis":
         raise ConfigError(
             f"bus.type is {kind!r}: this command watches or sends between processes, which needs a "
@@ -40,13 +41,13 @@ def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
 
 
 def redis_target(config: Mapping[str, Any]) -> RedisTarget:
-    """The URL, prefix and delivery a Redis config names (without building a bus)."""
-    from ..backends.redis.client import connection_config  # noqa: PLC0415 - needs the redis extra
+    """The URL, prefix, delivery and shards a Redis config names (without building a bus)."""
+    from ..backends.redis.options import QueueOptions, read_config  # noqa: PLC0415 - the redis extra
 
-    bus = Section("bus", config.get("bus"))
-    url, prefix, _ = connection_config(bus, Section("redis", config.get("redis")))
-    delivery = bus.text("delivery", "fanout", choices=("fanout", "queue"))
-    return RedisTarget(url, prefix, delivery)
+    checked = read_config(config)
+    options = checked.delivery_options
+    shards = options.shards if isinstance(options, QueueOptions) else 0
+    return RedisTarget(checked.url, checked.connection.prefix, checked.delivery, shards)
 
 
 def ensure_reachable(target: RedisTarget) -> None:

@@ -1,17 +1,18 @@
-"""The base of both Redis deliveries: the address, the sending client, and the reader's link."""
+"""The base of both Redis deliveries: options, the sending client, and the reader's link."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
+import attrs
 import redis
 
-from ... import codec
 from ...bus import Bus
 from ...errors import ConfigError
-from .client import DEFAULT_PREFIX, CommandRunner, check_prefix, client_options, make_client, redact
+from .client import CommandRunner, client_options, make_client, redact
+from .options import DEFAULT_URL, ConnectionOptions, RedisConfig, read_config
 from .reader_link import ReaderLink
 
 __all__ = ["RedisBase"]
@@ -24,39 +25,77 @@ class RedisBase(Bus):
     thread reads RESP2 replies (plain arrays) on a connection of its own,
     supervised by a :class:`ReaderLink`.
 
-    :param reader_name: how logs call the reader thread.
-    :param reader_socket_timeout: the reader's socket timeout, when it differs
-        from the other connections'.
+    :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://``
+        for TLS; the password is never shown in ``repr()``, logs or errors.
+    :param redis_options: passed to redis-py's connections (``ssl_*`` ...).
+    :param options: the :class:`~.options.ConnectionOptions`, the
+        delivery's options and the :class:`~nekobot_bus.DispatchOptions`, as
+        keyword arguments; each is checked by its class's rules.
     """
 
+    #: The ``bus.delivery`` this class is.
+    delivery: ClassVar[str]
+    #: The options class of the delivery.
+    delivery_options: ClassVar[type[Any]]
+    #: How logs call the reader thread.
+    reader_name: ClassVar[str]
+
     def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        max_message_size: int = codec.DEFAULT_MAX_SIZE,
-        redis_options: Mapping[str, Any] | None = None,
-        reader_name: str,
-        reader_socket_timeout: float | None = None,
-        **bus_options: Any,
+        self, url: str = DEFAULT_URL, *, redis_options: Mapping[str, Any] | None = None, **options: Any
     ) -> None:
-        super().__init__(**bus_options)
+        own = {field.name for field in attrs.fields(ConnectionOptions)}
+        mine = {field.name for field in attrs.fields(self.delivery_options)}
+        self.connection = ConnectionOptions(**{k: v for k, v in options.items() if k in own})
+        self._delivery_options = self.delivery_options(**{k: v for k, v in options.items() if k in mine})
+        super().__init__(**{k: v for k, v in options.items() if k not in own | mine})
         if self.dispatch != "threaded":
             raise ConfigError("dispatch 'inline' is for the local bus; the Redis reader never runs handlers")
-        self.prefix = check_prefix(prefix)
+        self.keys = self.connection.keyspace
+        self.prefix = self.keys.prefix
         self.address = redact(url)
-        self.max_message_size = max_message_size
-        options = client_options(redis_options)
-        self._client = make_client(url, self.address, **options, protocol=2)
+        self.max_message_size = self.connection.max_message_size
+        self.health_check_timeout = self.connection.health_check_timeout
+        common = client_options(
+            redis_options,
+            socket_timeout=self.connection.socket_timeout,
+            socket_connect_timeout=self.connection.socket_connect_timeout,
+        )
+        self._client = make_client(url, self.address, **common, protocol=2)
         self._runner = CommandRunner(self._client, self.address, self._metrics, self.send_timeout)
         self._stopping = threading.Event()
-        reader_options = options | {"protocol": 2, "decode_responses": False}
-        if reader_socket_timeout is not None:
-            reader_options["socket_timeout"] = reader_socket_timeout
+        reader_options = common | {"protocol": 2, "decode_responses": False}
+        reader_options["socket_timeout"] = self._reader_socket_timeout()
         self._link = ReaderLink(
             redis.ConnectionPool.from_url(url, **reader_options),
             address=self.address,
-            name=reader_name,
+            name=self.reader_name,
             metrics=self._metrics,
             stopping=self._stopping,
         )
+
+    def _reader_socket_timeout(self) -> float:
+        """The reader connection's socket timeout: a read is never left waiting longer."""
+        return self.connection.socket_timeout
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Bus:
+        checked = read_config(config)
+        if checked.delivery != cls.delivery:
+            raise ConfigError(
+                f"bus.delivery {checked.delivery!r} is not what {cls.__name__} delivers ({cls.delivery!r}); "
+                "create_bus() picks the class"
+            )
+        return cls.from_checked(checked)
+
+    @classmethod
+    def from_checked(cls, checked: RedisConfig) -> Bus:
+        """Build from a config :func:`~.options.read_config` has read and checked."""
+        return cls(
+            checked.url,
+            **attrs.asdict(checked.connection),
+            **attrs.asdict(checked.delivery_options),
+            **attrs.asdict(checked.dispatch),
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._state} {self.address} prefix={self.prefix!r}>"

@@ -1,16 +1,23 @@
-"""What both Redis deliveries share: the config keys, the address shown, and sending commands.
+"""Talking to Redis: the client, the command runner, scripts, the address shown, PING.
 
 Sending is the same for pub/sub and streams: commands go out as one pipeline
 on a pooled connection, in the caller's thread. Connecting is retried with
 capped, jittered backoff until ``send_timeout``; once the commands were
 written nothing is retried, because Redis may already have executed them.
+
+An error reply is an error: :meth:`CommandRunner.run` raises
+:class:`~nekobot_bus.BusReplyError` for it, unless the caller named its code
+(``BUSYGROUP``, ``NOGROUP`` ...) as one it handles; then the reply comes
+back as the exception, in its place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -18,29 +25,23 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..._options import Section
-from ...errors import BusConnectionError, ConfigError
+from ...errors import BusConnectionError, BusReplyError, ConfigError
 from ...metrics import Metrics
-from .compat import take_connection
+from .compat import error_code, take_connection
 
 __all__ = [
-    "DEFAULT_PREFIX",
     "REDIS_ERRORS",
     "CommandRunner",
-    "check_prefix",
+    "Script",
     "client_options",
-    "connection_config",
+    "error_code",
     "make_client",
     "ping_problem",
     "redact",
 ]
 
-DEFAULT_PREFIX = "nekobot:bus:"
-
 #: What a broken or unreachable connection raises.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-_GLOB = set("*?[]\\")
 
 
 def redact(url: str) -> str:
@@ -70,49 +71,33 @@ def ping_problem(url: str) -> str | None:
     return None
 
 
-def check_prefix(prefix: str) -> str:
-    """Return *prefix*, or raise if it would turn names into glob patterns."""
-    if _GLOB & set(prefix):
-        raise ConfigError(f"redis prefix {prefix!r} must not contain glob characters * ? [ ] \\")
-    return prefix
-
-
-def connection_config(bus: Section, go_redis: Section) -> tuple[str, str, dict[str, Any]]:
-    """Read the URL, the prefix and redis-py options from ``bus`` (and Go's ``redis`` section).
-
-    :returns: ``(url, prefix, redis_options)``.
-    """
-    url = bus.text("redis_url", "") if "redis_url" in bus else ""
-    if not url:
-        addr = bus.text("redis_addr", "") or go_redis.text("addr", "localhost:6379")
-        password = bus.text("redis_password", "") or go_redis.text("password", "")
-        db = (
-            bus.integer("redis_db", 0, minimum=0)
-            if "redis_db" in bus
-            else go_redis.integer("db", 0, minimum=0)
-        )
-        auth = f":{quote(password, safe='')}@" if password else ""
-        url = f"redis://{auth}{addr}/{db}"
-    elif any(key in bus for key in ("redis_addr", "redis_password", "redis_db")):
-        raise ConfigError("bus.redis_url and bus.redis_addr/redis_password/redis_db exclude each other")
-    prefix = bus.text("redis_prefix", "") or bus.text("prefix", DEFAULT_PREFIX)
-    options: dict[str, Any] = {}
-    for key in ("socket_timeout", "socket_connect_timeout"):
-        if key in bus:
-            options[key] = bus.seconds(key)
-    return url, prefix, options
-
-
-def client_options(redis_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """redis-py options with our defaults, and redis-py's own retries off.
+def client_options(
+    redis_options: Mapping[str, Any] | None, *, socket_timeout: float, socket_connect_timeout: float
+) -> dict[str, Any]:
+    """redis-py options: the timeouts, *redis_options* (``ssl_*`` ...), and redis-py's own retries off.
 
     Our code decides when to retry: redis-py's retries would re-send a
     command that may already have run, and would hide outages.
     """
-    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+    }
     options.update(redis_options or {})
     options["retry"] = Retry(NoBackoff(), 0)
     return options
+
+
+class Script:
+    """A Lua script, called by its digest (``EVALSHA``); the runner loads it when Redis lacks it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The command that runs the script on *keys* and *args*."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 def make_client(url: str, address: str, **options: Any) -> redis.Redis:
@@ -135,18 +120,53 @@ class CommandRunner:
         self.address = address
         self._metrics = metrics
         self._timeout = 30.0 if timeout is None else timeout
+        self._scripts: dict[str, str] = {}  # by digest, for NOSCRIPT
+        self._scripts_lock = threading.Lock()
+
+    def script(self, source: str) -> Script:
+        """A :class:`Script` this runner loads into Redis when Redis answers ``NOSCRIPT``."""
+        script = Script(source)
+        with self._scripts_lock:
+            self._scripts[script.sha] = source
+        return script
 
     def run(
-        self, commands: Sequence[tuple[Any, ...]], what: str, *, timeout: float | None = None
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        what: str,
+        *,
+        timeout: float | None = None,
+        allow: Collection[str] = (),
     ) -> list[Any]:
-        """Send *commands* in one round trip; return each reply, an error reply as its exception.
+        """Send *commands* in one round trip; return their replies.
+
+        A script Redis does not know yet (after a restart or a failover) is
+        loaded and its calls are sent again: ``NOSCRIPT`` means it did not run.
 
         :param what: what the commands do, for the error, e.g. ``"publishing 3 messages"``.
         :param timeout: how long to retry connecting, instead of the runner's own.
+        :param allow: error codes the caller handles: their replies are
+            returned as :class:`redis.ResponseError` in place of a value.
+        :raises BusReplyError: Redis answered a command with an error not in
+            *allow* (the other commands of the round trip did run).
         :raises BusConnectionError: Redis was unreachable for the timeout (nothing
             was sent), or the connection broke after writing (some commands may
             have run).
         """
+        replies = self._round_trip(commands, what, timeout)
+        missing = [i for i, reply in enumerate(replies) if error_code(reply) == "NOSCRIPT"]
+        if missing:
+            with self._scripts_lock:
+                loads = [("SCRIPT", "LOAD", self._scripts[commands[i][1]]) for i in missing]
+            again = self._round_trip([*loads, *(commands[i] for i in missing)], what, timeout)
+            for i, reply in zip(missing, again[len(loads) :], strict=True):
+                replies[i] = reply
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, redis.ResponseError) and error_code(reply) not in allow:
+                raise BusReplyError(f"Redis at {self.address} refused {command[0]} while {what}: {reply}")
+        return replies
+
+    def _round_trip(self, commands: Sequence[tuple[Any, ...]], what: str, timeout: float | None) -> list[Any]:
         pool = self.client.connection_pool
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit

@@ -10,6 +10,10 @@ the releases declared in ``setup.cfg``:
   before, a read waits for data with ``can_read(timeout)``, which with
   hiredis (a required part of the ``redis`` extra) keeps a reply split by the
   timeout in the parser, just as the newer path does;
+- error replies: redis-py strips the code of some (``NOSCRIPT``,
+  ``EXECABORT``, ``ERR`` ...) and turns them into exception classes, and
+  only newer releases keep the code in ``status_code``; :func:`error_code`
+  gives it back on each;
 - releases older than :data:`MINIMUM` lack what both need, and are refused
   with a :class:`~nekobot_bus.ConfigError` at import instead of a reader
   that fails in a loop.
@@ -23,10 +27,11 @@ from typing import Any
 
 import redis
 import redis.connection
+import redis.exceptions
 
 from ...errors import ConfigError
 
-__all__ = ["INSTALLED", "MINIMUM", "check_version", "read_reply", "take_connection"]
+__all__ = ["INSTALLED", "MINIMUM", "check_version", "error_code", "read_reply", "take_connection"]
 
 #: The oldest redis-py release the backends support (and ``setup.cfg`` declares).
 MINIMUM = (5, 0, 0)
@@ -77,3 +82,28 @@ def read_reply(conn: Any, timeout: float) -> Any:
     if not conn.can_read(timeout=timeout):
         raise redis.TimeoutError(f"no reply within {timeout} s")
     return conn.read_response(disconnect_on_error=False)
+
+
+# The codes redis-py turns into classes, stripping them from the text; "ERR" is stripped into a plain one.
+_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (redis.exceptions.NoScriptError, "NOSCRIPT"),
+    (redis.exceptions.ExecAbortError, "EXECABORT"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+)
+
+
+def error_code(reply: object) -> str:
+    """The code of an error reply (``"NOGROUP"``, ``"NOSCRIPT"``, ``"ERR"``); ``""`` for other replies."""
+    if not isinstance(reply, redis.ResponseError):
+        return ""
+    status = getattr(reply, "status_code", None)
+    if isinstance(status, str) and status:
+        return status
+    for cls, code in _CODES:
+        if isinstance(reply, cls):
+            return code
+    first = str(reply).split(" ", 1)[0]
+    return first if first.isalpha() and first.isupper() else "ERR"

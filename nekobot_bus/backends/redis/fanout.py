@@ -18,44 +18,41 @@ subscription state anyway, and reading replies directly costs a tenth of
 ``PubSub.get_message`` per message. It reads with a bounded timeout,
 subscribes to exactly the channels that have handlers (a pattern only for
 ``"*"``, and then no exact channel of that direction, so nothing arrives
-twice), decodes each payload and hands it to the dispatcher of its
-direction; it never runs a handler. When the link is idle it sends PING and
-reconnects if no PONG comes back within ``health_check_timeout``, so a
-half-open or paused connection is noticed. On any error it closes the
-connection, waits a capped, jittered, growing delay and connects again, for
-as long as the bus runs; each reconnect is counted.
+twice), decodes each payload and offers it to the dispatcher of its
+direction; it never runs a handler and never waits for a worker. When the
+link is idle it sends PING and reconnects if no PONG comes back within
+``health_check_timeout``, so a half-open or paused connection is noticed.
+On any error it closes the connection, waits a capped, jittered, growing
+delay and connects again, for as long as the bus runs; each reconnect is
+counted.
 
 Where a message can be lost, and how it shows
 ---------------------------------------------
 
 Pub/sub is at most once. A message published while no subscriber is
-connected is ``unrouted`` at the sender. A message that finds the receiving
-dispatcher's queues full is counted ``dropped`` by the receiver (the reader
-never blocks, so Redis never cuts it for a full output buffer). A payload
-that is not a message is counted ``decode_errors``. A message this bus sent
-to itself that was lost with a broken connection is counted ``lost`` when
-the reader reconnects. A message another process published into a
-connection that then broke is not seen by anybody: use the queue delivery
-where that matters.
+connected is ``unrouted`` at the sender. A burst the workers cannot keep up
+with waits in the intake, up to ``intake_bytes``; past that the receiver
+counts it ``dropped`` (the reader never blocks, so Redis never cuts it for
+a full output buffer). A payload that is not a message is counted
+``decode_errors``. A message this bus sent to itself that was lost with a
+broken connection is counted ``lost`` when the reader reconnects; one whose
+handlers were unregistered before it arrived is counted ``no_handler``. A
+message another process published into a connection that then broke is not
+seen by anybody: use the queue delivery where that matters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-import redis
-
 from ... import codec
-from ..._options import Section
 from ..._threads import join_all
-from ...bus import Bus
 from ...dispatch import Direction
 from ...errors import (
     BusClosedError,
@@ -66,44 +63,34 @@ from ...errors import (
 )
 from ...message import WILDCARD, Message
 from .base import RedisBase
-from .client import (
-    DEFAULT_PREFIX,
-    connection_config,
-)
-from .compat import read_reply
-from .queue.bus import RedisStreamBus
+from .options import FanoutOptions
+from .subscriber import Subscriptions, covers, read_subscribed
 
-__all__ = ["DEFAULT_PREFIX", "RedisBus"]
+__all__ = ["RedisBus"]
 
 logger = logging.getLogger("nekobot_bus.redis")
-
-# How long one read of the subscriber connection waits; it bounds how late the
-# reader notices a stop, a registration or a silent connection.
-_READ_TIMEOUT = 0.25
 
 
 class RedisBus(RedisBase):
     """A bus whose messages travel through Redis pub/sub, between processes.
 
-    Thread-safe, as every :class:`~nekobot_bus.Bus`. Registration changes
-    take effect on the reader within one read cycle; on a running bus,
-    ``register_*`` waits (up to ``send_timeout``) until the subscription is
-    confirmed, so a message sent right after it is received.
+    Built by :func:`~nekobot_bus.create_bus` for ``bus.type: "redis"`` (the
+    default ``delivery: "fanout"``). Thread-safe, as every
+    :class:`~nekobot_bus.Bus`. On a running bus, ``register_*`` and
+    ``unregister_*`` return once Redis confirmed the subscription change, so
+    a message sent right after is received (or not); if Redis does not
+    confirm within ``send_timeout`` they raise
+    :class:`~nekobot_bus.BusConnectionError`, and the reader subscribes as
+    soon as it is connected again.
 
-    :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://``
-        for TLS; the password is never shown in ``repr()``, logs or errors.
-    :param prefix: channel names are ``{prefix}inbound:{channel_id}`` and
-        ``{prefix}outbound:{channel_id}``.
-    :param health_check_interval: seconds of silence after which the reader
-        sends PING.
-    :param health_check_timeout: seconds a PING may wait for its PONG before
-        the connection is declared dead.
-    :param raise_on_unrouted: make a send that reached no subscriber raise.
-    :param redis_options: passed to :class:`redis.Redis` (``ssl_*``,
-        ``socket_*`` ...).
+    Keyword arguments: see :class:`~nekobot_bus.backends.redis.RedisBase`,
+    :class:`~.options.FanoutOptions` and the ``README``'s configuration reference.
     """
 
-    type_name = "redis"
+    delivery = "fanout"
+    delivery_options = FanoutOptions
+    reader_name = "Redis reader"
+    thread_name = "redis"
     extra_metrics = (
         "sent_in",
         "sent_out",
@@ -114,99 +101,48 @@ class RedisBus(RedisBase):
         "lost",
     )
 
-    def __init__(
-        self,
-        url: str = "redis://localhost:6379/0",
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        health_check_interval: float = 1.0,
-        health_check_timeout: float = 2.0,
-        raise_on_unrouted: bool = False,
-        max_message_size: int = codec.DEFAULT_MAX_SIZE,
-        redis_options: Mapping[str, Any] | None = None,
-        **bus_options: Any,
-    ) -> None:
-        # The reader reads its bare connection, not redis-py's PubSub layer
-        # (a tenth of its cost per message).
-        super().__init__(
-            url,
-            prefix=prefix,
-            max_message_size=max_message_size,
-            redis_options=redis_options,
-            reader_name="Redis reader",
-            **bus_options,
-        )
-        self.health_check_interval = health_check_interval
-        self.health_check_timeout = health_check_timeout
-        self.raise_on_unrouted = raise_on_unrouted
-        self._channel_names = {d: f"{prefix}{d.value}:" for d in Direction}
-        self._wake_channel = f"{prefix}wake:{uuid.uuid4().hex}"
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options: FanoutOptions = self._delivery_options
+        self.health_check_interval = options.health_check_interval
+        self.raise_on_unrouted = options.raise_on_unrouted
+        self._wake_channel = self.keys.wake(uuid.uuid4().hex)
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus
-        # Subscription state: _wanted and _generation are written by registering
-        # threads, _confirmed_generation by the reader; all guarded by _subs.
-        self._subs = threading.Condition()
-        self._wanted: frozenset[str] = frozenset({self._wake_channel})
-        self._generation = 0
-        self._confirmed_generation = -1
-        # Messages this bus published to a channel it listens to, not yet read back.
-        self._awaiting: set[str] = set()
+        self._subs = Subscriptions(frozenset({self._wake_channel}))
+        # Messages this bus published to a channel it listens to, not yet read
+        # back: their ids, with the direction and the Redis channel they went to.
+        self._awaiting: dict[str, tuple[Direction, str]] = {}
         self._awaiting_lock = threading.Condition()
         self._pending: list[tuple[Direction, Message]] = []
         self._publishing = False  # True once start() has published what waited
         self._lifecycle_pending = threading.Lock()
         self._last_message_at: float | None = None
 
-    def __repr__(self) -> str:
-        return f"<RedisBus {self._state} {self.address} prefix={self.prefix!r}>"
-
-    # -- config -----------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Bus:
-        bus, gateway = Section("bus", config.get("bus")), Section("gateway", config.get("gateway"))
-        go_redis = Section("redis", config.get("redis"))
-        options = cls.dispatch_options(bus, gateway)
-        delivery = bus.text("delivery", "fanout", choices=("fanout", "queue"))
-        if delivery == "queue":
-            return RedisStreamBus.from_sections(bus, go_redis, options)
-        url, prefix, redis_options = connection_config(bus, go_redis)
-        bus_only: dict[str, Any] = {
-            "health_check_interval": bus.seconds("health_check_interval", 1.0) or 1.0,
-            "health_check_timeout": bus.seconds("health_check_timeout", 2.0) or 2.0,
-            "raise_on_unrouted": bus.flag("raise_on_unrouted", False),
-            "max_message_size": bus.integer("max_message_size", codec.DEFAULT_MAX_SIZE, minimum=1024),
-        }
-        bus.check_no_unknown_keys(also_known=("type",))
-        go_redis.check_no_unknown_keys()
-        return cls(url, prefix=prefix, redis_options=redis_options, **bus_only, **options)
-
     # -- names ------------------------------------------------------------
 
     def channel_name(self, direction: Direction, channel_id: str) -> str:
         """The Redis channel of *channel_id* in *direction*, e.g. ``nekobot:bus:inbound:telegram``."""
-        return self._channel_names[direction] + channel_id
+        return self.keys.messages(direction, channel_id)
 
     def _wanted_for(self, direction: Direction, channels: frozenset[str]) -> set[str]:
         if WILDCARD in channels:
             # The pattern covers every channel; exact ones too would deliver twice.
-            return {self._channel_names[direction] + "*"}
-        return {self._channel_names[direction] + c for c in channels}
+            return {self.keys.every_channel(direction)}
+        return {self.keys.messages(direction, c) for c in channels}
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:
-        wanted = {self._wake_channel}
+        wanted: set[str] = set()
         for d in Direction:
             wanted |= self._wanted_for(d, channels if d is direction else self._registries[d].channels())
-        with self._subs:
-            self._wanted = frozenset(wanted)
-            self._generation += 1
-            generation = self._generation
+        generation = self._subs.want(wanted)
         if self.running and threading.current_thread() is not self._reader:
             self._wake_reader()
-            self._wait_confirmed(generation, self.send_timeout)
-
-    def _wait_confirmed(self, generation: int, timeout: float | None) -> bool:
-        with self._subs:
-            return self._subs.wait_for(lambda: self._confirmed_generation >= generation, timeout)
+            timeout = self.send_timeout if self.send_timeout is not None else 30.0
+            if not self._subs.wait(generation, timeout):
+                raise BusConnectionError(
+                    f"Redis at {self.address} did not confirm the subscription change within {timeout} s; "
+                    "the reader applies it once it is connected again"
+                )
 
     # -- lifecycle --------------------------------------------------------
 
@@ -219,14 +155,14 @@ class RedisBus(RedisBase):
         )
         self._reader = reader
         reader.start()
-        with self._subs:
-            generation = self._generation
+        _, generation = self._subs.current()
         timeout = self.send_timeout if self.send_timeout is not None else 30.0
-        if not self._wait_confirmed(generation, timeout):
+        if not self._subs.wait(generation, timeout):
             self._stopping.set()
             self._link.interrupt()
-            reader.join(timeout)
-            self._stopping.clear()  # start() may be tried again
+            # Bounded: a connect attempt, then the read timeout or the reconnect wait sees _stopping.
+            reader.join(self.connection.socket_connect_timeout + self.connection.socket_timeout + 1.0)
+            self._stopping.clear()  # start() may be tried again; what waits in _pending stays
             raise BusConnectionError(f"could not subscribe on Redis at {self.address} within {timeout} s")
         with self._lifecycle_pending:
             pending, self._pending = self._pending, []
@@ -244,12 +180,20 @@ class RedisBus(RedisBase):
         alive = join_all([self._reader] if self._reader is not None else [], deadline)
         self._client.close()
         self._link.close()
+        with self._lifecycle_pending:
+            if self._pending:
+                logger.warning(
+                    "%d message(s) sent before a start() that never succeeded were not sent",
+                    len(self._pending),
+                )
+                self._metrics.incr("unrouted", len(self._pending))
+                self._pending.clear()
         return alive
 
     def _wake_reader(self) -> None:
         # Best effort: the reader's read timeout bounds the delay anyway.
-        with contextlib.suppress(redis.RedisError):
-            self._client.publish(self._wake_channel, b"")
+        with contextlib.suppress(BusConnectionError):
+            self._runner.run([("PUBLISH", self._wake_channel, b"")], "waking the reader", timeout=0.5)
 
     # -- sending ----------------------------------------------------------
 
@@ -271,33 +215,40 @@ class RedisBus(RedisBase):
             )
         self._pending.append((direction, message))
 
-    def send_many(self, direction: Direction, messages: Iterable[Message]) -> None:
+    def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Publish *messages* in one round trip (a pipeline of ``PUBLISH``).
 
+        :param direction: :class:`~nekobot_bus.Direction` or its name, ``"inbound"`` or ``"outbound"``.
         :raises BusConnectionError: Redis was unreachable for ``send_timeout``
             seconds, or the connection broke after the batch was written (then
             some messages may have been published).
         """
+        way = _direction(direction)
         if self._stopping.is_set():
             raise BusClosedError("the bus is stopped; nothing was sent")
-        self._publish_batch(direction, list(messages))
+        self._publish_batch(way, list(messages))
 
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
         if not batch:
             return
-        channels = [self.channel_name(direction, m.channel_id) for m in batch]
+        channels = [self.channel_name(direction, _message(m).channel_id) for m in batch]
         payloads = [codec.encode(m, max_size=self.max_message_size) for m in batch]
         # Noted before publishing: our own reader may read it back before
         # PUBLISH even returns.
         local = self._registries[direction].channels()
-        mine = [m.id for m in batch if m.channel_id in local or WILDCARD in local]
+        mine = {
+            m.id: (direction, channel)
+            for m, channel in zip(batch, channels, strict=True)
+            if m.channel_id in local or WILDCARD in local
+        }
         if mine:
             with self._awaiting_lock:
                 self._awaiting.update(mine)
+        commands = [("PUBLISH", ch, body) for ch, body in zip(channels, payloads, strict=True)]
         try:
-            counts = self._publish(channels, payloads)
+            counts = self._runner.run(commands, f"publishing {len(commands)} message(s)")
         except BusConnectionError:
-            self._forget(mine)
+            self._forget(list(mine))
             raise
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
         unrouted = [m for m, receivers in zip(batch, counts, strict=True) if not receivers]
@@ -310,113 +261,52 @@ class RedisBus(RedisBase):
     def _forget(self, ids: list[str]) -> None:
         with self._awaiting_lock:
             for message_id in ids:
-                self._awaiting.discard(message_id)
+                self._awaiting.pop(message_id, None)
             if not self._awaiting:
                 self._awaiting_lock.notify_all()
 
-    def _publish(self, channels: list[str], payloads: list[bytes]) -> list[int]:
-        commands = [("PUBLISH", ch, body) for ch, body in zip(channels, payloads, strict=True)]
-        replies = self._runner.run(commands, f"publishing {len(commands)} message(s)")
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise BusConnectionError(f"Redis at {self.address} refused PUBLISH: {reply}")
-        return [int(reply) for reply in replies]
-
-    # -- reading ----------------------------------------------------------
+    # -- reading (the reader thread) ----------------------------------------
 
     def _read(self, conn: Any) -> None:
-        """The reader's loop on one connection (see :class:`ReaderLink` for the rest)."""
-        subscribed: set[str] = set()
-        pending = {"subscribe": 0}
-        generation = self._sync_subscriptions(conn, subscribed, pending)
-        ping_sent_at: float | None = None
-        last_heard = time.monotonic()
-        while not self._stopping.is_set():
-            # An unlocked read: a change missed here is seen on the next pass,
-            # which the wake message makes immediate.
-            if self._generation != generation:
-                generation = self._sync_subscriptions(conn, subscribed, pending)
-            try:
-                # One blocking read: a reply split by the timeout is kept
-                # by the parser and completed by the next read.
-                response = read_reply(conn, _READ_TIMEOUT)
-            except redis.TimeoutError:
-                now = time.monotonic()
-                if ping_sent_at is not None and now - ping_sent_at > self.health_check_timeout:
-                    raise ConnectionError(f"no PONG within {self.health_check_timeout} s") from None
-                if ping_sent_at is None and now - last_heard > self.health_check_interval:
-                    conn.send_command("PING")
-                    ping_sent_at = now
-                continue
-            last_heard = time.monotonic()
-            ping_sent_at = None
-            self._on_response(response, pending, generation)
-
-    def _sync_subscriptions(self, conn: Any, subscribed: set[str], pending: dict[str, int]) -> int:
-        with self._subs:
-            wanted, generation = self._wanted, self._generation
-        add = wanted - subscribed
-        remove = subscribed - wanted
-        for command, names in (
-            ("PSUBSCRIBE", {n for n in add if n.endswith("*")}),
-            ("SUBSCRIBE", {n for n in add if not n.endswith("*")}),
-        ):
-            if names:
-                conn.send_command(command, *sorted(names))
-                pending["subscribe"] += len(names)
-        for command, names in (
-            ("PUNSUBSCRIBE", {n for n in remove if n.endswith("*")}),
-            ("UNSUBSCRIBE", {n for n in remove if not n.endswith("*")}),
-        ):
-            if names:
-                conn.send_command(command, *sorted(names))
-        subscribed.clear()
-        subscribed.update(wanted)
-        if not pending["subscribe"]:
-            self._confirm(generation)
-        return generation
-
-    def _confirm(self, generation: int) -> None:
-        with self._subs:
-            if generation > self._confirmed_generation:
-                self._confirmed_generation = generation
-                self._subs.notify_all()
-
-    def _on_response(self, response: list[Any], pending: dict[str, int], generation: int) -> None:
-        # RESP2 subscriber replies: [b"message", channel, data],
-        # [b"pmessage", pattern, channel, data], [b"subscribe", name, count],
-        # [b"unsubscribe", name, count] and [b"pong", b""].
-        kind = response[0]
-        if kind in (b"message", b"pmessage"):
-            channel = response[-2].decode("utf-8", "replace")
-            if channel == self._wake_channel:
-                return
-            self._last_message_at = time.time()
-            self._receive(channel, response[-1])
-        elif kind in (b"subscribe", b"psubscribe"):
-            pending["subscribe"] -= 1
-            if pending["subscribe"] <= 0:
-                pending["subscribe"] = 0
-                self._confirm(generation)
+        read_subscribed(
+            conn,
+            subscriptions=self._subs,
+            stopping=self._stopping,
+            receive=self._receive,
+            confirmed=self._subscriptions_confirmed,
+            health_check_interval=self.health_check_interval,
+            health_check_timeout=self.health_check_timeout,
+        )
 
     def _receive(self, channel: str, payload: bytes) -> None:
-        if channel.startswith(self._channel_names[Direction.INBOUND]):
-            direction = Direction.INBOUND
-        elif channel.startswith(self._channel_names[Direction.OUTBOUND]):
-            direction = Direction.OUTBOUND
-        else:
+        if channel == self._wake_channel:
             return
+        name = self.keys.parse(channel)
+        if name is None:
+            return
+        self._last_message_at = time.time()
         try:
             message = codec.decode(payload, max_size=self.max_message_size)
         except MessageDecodeError as exc:
             self._metrics.incr("decode_errors")
             logger.warning("undecodable payload on %s (%d bytes): %s", channel, len(payload), exc)
             return
-        self._dispatchers[direction].offer(message)
+        self._dispatchers[name.direction].offer(message, None, len(payload))
         # Unlocked test first: a sender notes its id before PUBLISH, so an id
         # of ours is always visible here, and others' messages take no lock.
         if message.id in self._awaiting:
             self._forget([message.id])
+
+    def _subscriptions_confirmed(self, subscribed: frozenset[str]) -> None:
+        """Messages awaited on a channel no longer subscribed will not come: count them ``no_handler``."""
+        with self._awaiting_lock:
+            gone = [i for i, (_, channel) in self._awaiting.items() if not covers(subscribed, channel)]
+            directions = [self._awaiting.pop(i)[0] for i in gone]
+            if gone and not self._awaiting:
+                self._awaiting_lock.notify_all()
+        for direction in directions:
+            self._metrics.accepted(f"messages_{direction.suffix}")
+            self._metrics.finished(f"no_handler_{direction.suffix}")
 
     def _count_lost(self) -> None:
         with self._awaiting_lock:
@@ -445,15 +335,27 @@ class RedisBus(RedisBase):
         """Liveness of the reader: connected and subscribed, since when, last message age."""
         since = self._link.connected_since
         last = self._last_message_at
-        with self._subs:
-            subscribed = self._confirmed_generation == self._generation
         connected = since is not None and self.running
-        return {
+        return super().health() | {
             "connected": connected,
-            "subscribed": connected and subscribed,
+            "subscribed": connected and self._subs.up_to_date(),
             "connected_since": since,
             "last_message_age": None if last is None else max(0.0, time.time() - last),
             "reconnects": self._metrics.snapshot()["reconnects"],
             "address": self.address,
-            "pid": os.getpid(),
         }
+
+
+def _direction(direction: Direction | str) -> Direction:
+    try:
+        return Direction(direction)
+    except ValueError:
+        raise TypeError(
+            f"direction must be a Direction, 'inbound' or 'outbound', not {direction!r}"
+        ) from None
+
+
+def _message(message: object) -> Message:
+    if not isinstance(message, Message):
+        raise TypeError(f"expected a nekobot_bus.Message, not {type(message).__name__}")
+    return message

@@ -19,7 +19,7 @@ from ...dispatch import Direction
 from ...errors import ConfigError
 from ...message import WILDCARD
 
-__all__ = ["DEFAULT_PREFIX", "Keyspace", "Name"]
+__all__ = ["DEFAULT_PREFIX", "Keyspace", "Name", "shard_of"]
 
 DEFAULT_PREFIX = "nekobot:bus:"
 
@@ -54,7 +54,12 @@ class Keyspace:
     def messages(self, direction: Direction, channel_id: str, shard: int | None = None) -> str:
         """The channel (fan-out) or stream (queue) of *channel_id*, e.g. ``nekobot:bus:inbound:telegram``."""
         name = f"{self.prefix}{direction.value}:{channel_id}"
-        return name if shard is None else f"{name}[{shard}]"
+        return name if shard is None else self.shard(name, shard)
+
+    @staticmethod
+    def shard(stream: str, shard: int) -> str:
+        """The name of *stream*'s shard *shard*: ``nekobot:bus:inbound:telegram[3]``."""
+        return f"{stream}[{shard}]"
 
     def every_channel(self, direction: Direction) -> str:
         """The pub/sub pattern of every channel of *direction*: ``nekobot:bus:inbound:*``."""

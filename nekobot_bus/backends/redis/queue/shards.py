@@ -28,8 +28,9 @@ from collections.abc import Callable
 
 from ....errors import BusConnectionError
 from ..client import CommandRunner
+from ..keyspace import Keyspace
 
-__all__ = ["ShardLeases", "shard_of", "shard_stream", "split_shard"]
+__all__ = ["ShardLeases"]
 
 logger = logging.getLogger("nekobot_bus.redis_streams")
 
@@ -53,25 +54,6 @@ return 0
 """
 
 
-def shard_of(session_id: str, shards: int) -> int:
-    """The shard of *session_id*: the same in every process (``hash()`` is not)."""
-    return zlib.crc32(session_id.encode("utf-8", "surrogatepass")) % shards
-
-
-def shard_stream(stream: str, shard: int) -> str:
-    """The name of *stream*'s shard *shard*, e.g. ``nekobot:bus:inbound:telegram[3]``."""
-    return f"{stream}[{shard}]"
-
-
-def split_shard(name: str) -> tuple[str, int | None]:
-    """``("...telegram", 3)`` for ``"...telegram[3]"``; ``(name, None)`` for an unsharded name."""
-    if name.endswith("]") and "[" in name:
-        base, _, number = name[:-1].rpartition("[")
-        if number.isdigit():
-            return base, int(number)
-    return name, None
-
-
 class ShardLeases:
     """The shards of one stream that one consumer holds; used by its reader thread only.
 
@@ -82,8 +64,8 @@ class ShardLeases:
     def __init__(
         self,
         runner: CommandRunner,
+        keys: Keyspace,
         *,
-        prefix: str,
         group: str,
         stream: str,
         consumer: str,
@@ -91,9 +73,13 @@ class ShardLeases:
         lease_seconds: float,
     ) -> None:
         self._runner = runner
+        self._keys = keys
+        self._group = group
         self.stream = stream
-        self._members_key = f"{prefix}members:{group}:{stream}"
-        self._lease_prefix = f"{prefix}lease:{group}:{stream}"
+        self._members_key = keys.shard_members(group, stream)
+        self._heartbeat = runner.script(_HEARTBEAT)
+        self._renew = runner.script(_RENEW)
+        self._release = runner.script(_RELEASE)
         self._consumer = consumer
         self.shards = shards
         self._lease_ms = max(1, int(lease_seconds * 1000))
@@ -105,10 +91,10 @@ class ShardLeases:
     @property
     def readable(self) -> frozenset[str]:
         """The shard streams this consumer may read now: held and not being given back."""
-        return frozenset(shard_stream(self.stream, k) for k in self._held - self._draining)
+        return frozenset(self._keys.shard(self.stream, k) for k in self._held - self._draining)
 
     def _key(self, shard: int) -> str:
-        return f"{self._lease_prefix}[{shard}]"
+        return self._keys.shard_lease(self._group, self.stream, shard)
 
     def renew(self) -> None:
         """Extend every lease held; forget those another consumer has taken meanwhile."""
@@ -116,14 +102,14 @@ class ShardLeases:
         if not held:
             return
         replies = self._runner.run(
-            [("EVAL", _RENEW, 1, self._key(k), self._consumer, self._lease_ms) for k in held],
+            [self._renew.call([self._key(k)], [self._consumer, self._lease_ms]) for k in held],
             "renewing leases",
         )
         for shard, renewed in zip(held, replies, strict=True):
             if renewed != 1:
                 logger.warning(
                     "lost the lease of %s (this consumer was silent too long)",
-                    shard_stream(self.stream, shard),
+                    self._keys.shard(self.stream, shard),
                 )
                 self._held.discard(shard)
                 self._draining.discard(shard)
@@ -134,7 +120,7 @@ class ShardLeases:
         :param holds: whether this consumer's workers still hold entries of a shard stream.
         """
         [members] = self._runner.run(
-            [("EVAL", _HEARTBEAT, 1, self._members_key, self._consumer, self._lease_ms)], "heartbeat"
+            [self._heartbeat.call([self._members_key], [self._consumer, self._lease_ms])], "heartbeat"
         )
         names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
         rank = names.index(self._consumer) if self._consumer in names else len(names)
@@ -149,9 +135,9 @@ class ShardLeases:
         while self._draining and len(self._held) - len(self._draining) < share:
             self._draining.remove(min(self._draining))
         for shard in sorted(self._draining):
-            if not holds(shard_stream(self.stream, shard)):
+            if not holds(self._keys.shard(self.stream, shard)):
                 self._runner.run(
-                    [("EVAL", _RELEASE, 1, self._key(shard), self._consumer)], "giving back a shard"
+                    [self._release.call([self._key(shard)], [self._consumer])], "giving back a shard"
                 )
                 self._held.discard(shard)
                 self._draining.discard(shard)
@@ -171,7 +157,7 @@ class ShardLeases:
         """Give back every lease (at stop); best effort."""
         try:
             self._runner.run(
-                [("EVAL", _RELEASE, 1, self._key(k), self._consumer) for k in sorted(self._held)]
+                [self._release.call([self._key(k)], [self._consumer]) for k in sorted(self._held)]
                 + [("ZREM", self._members_key, self._consumer)],
                 "giving back shards",
                 timeout=1.0,

@@ -1,0 +1,202 @@
+"""The Redis backend's options: where Redis is, and how each delivery behaves.
+
+Each group of options is a frozen attrs class holding the defaults and the
+rules (see :mod:`nekobot_bus._options`). A bus's constructor builds them from
+its keyword arguments; :func:`read_config` builds them from a config's
+``bus`` section (and the Go gateway's ``redis`` section), rejecting any key
+that the chosen delivery does not use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+
+from ... import codec
+from ..._options import (
+    DispatchOptions,
+    dispatch_options,
+    flag,
+    integer,
+    keys_of,
+    seconds,
+    section,
+    split_section,
+    structure,
+    text,
+)
+from ...errors import ConfigError
+from .keyspace import DEFAULT_PREFIX, Keyspace
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_URL",
+    "Address",
+    "ConnectionOptions",
+    "FanoutOptions",
+    "QueueOptions",
+    "RedisConfig",
+    "read_config",
+]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_GROUP = "nekobot"
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _seconds(default: float, minimum: float = 0.0) -> Any:
+    return attrs.field(default=default, converter=_float, validator=seconds(minimum))
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionOptions:
+    """How both deliveries talk to Redis.
+
+    :param prefix: what every key and channel name starts with.
+    :param socket_timeout: seconds a command may wait for its reply.
+    :param socket_connect_timeout: seconds a connection attempt may take.
+    :param max_message_size: largest payload sent or accepted, in bytes.
+    :param health_check_timeout: seconds the reader may hear nothing (a PING
+        unanswered, a blocking read overdue) before it declares the link dead.
+    """
+
+    prefix: str = attrs.field(default=DEFAULT_PREFIX, validator=text())
+    socket_timeout: float = _seconds(5.0, 0.01)
+    socket_connect_timeout: float = _seconds(2.0, 0.01)
+    max_message_size: int = attrs.field(default=codec.DEFAULT_MAX_SIZE, validator=integer(1024))
+    health_check_timeout: float = _seconds(2.0, 0.1)
+
+    @property
+    def keyspace(self) -> Keyspace:
+        return Keyspace(self.prefix)
+
+
+@attrs.frozen(kw_only=True)
+class FanoutOptions:
+    """The fan-out delivery (``delivery: "fanout"``).
+
+    :param health_check_interval: seconds of silence after which the reader sends PING.
+    :param raise_on_unrouted: make a send that reached no subscriber raise.
+    """
+
+    health_check_interval: float = _seconds(1.0, 0.05)
+    raise_on_unrouted: bool = attrs.field(default=False, validator=flag)
+
+
+@attrs.frozen(kw_only=True)
+class QueueOptions:
+    """The queue delivery (``delivery: "queue"``); see :class:`~nekobot_bus.backends.redis.RedisStreamBus`."""
+
+    group: str = attrs.field(default=DEFAULT_GROUP, validator=text(empty=False))
+    consumer: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
+    claim_idle: float = _seconds(30.0, 0.05)
+    max_deliveries: int = attrs.field(default=5, validator=integer(1))
+    retry_backoff: float = _seconds(0.5)
+    dedup_window: float = _seconds(0.0)
+    max_len: int = attrs.field(default=100_000, validator=integer(1))
+    shards: int = attrs.field(default=0, validator=integer(0))
+
+
+@attrs.frozen(kw_only=True)
+class Address:
+    """Where Redis is, as a config gives it: a URL, or the Go gateway's address, password and db."""
+
+    redis_url: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
+    redis_addr: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
+    redis_password: str | None = attrs.field(
+        default=None, repr=False, validator=attrs.validators.optional(text())
+    )
+    redis_db: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(0)))
+
+    def url(self) -> str:
+        """The ``redis://`` URL, password included (never show it: :func:`.client.redact`)."""
+        if self.redis_url is not None:
+            if (self.redis_addr, self.redis_password, self.redis_db) != (None, None, None):
+                raise ConfigError(
+                    "bus.redis_url and bus.redis_addr/redis_password/redis_db exclude each other"
+                )
+            return self.redis_url
+        addr = self.redis_addr or "localhost:6379"
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{addr}/{self.redis_db or 0}"
+
+
+@attrs.frozen(kw_only=True)
+class _GoRedis:
+    """The Go gateway's ``redis`` section, used where ``bus`` does not say."""
+
+    addr: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
+    password: str | None = attrs.field(default=None, repr=False, validator=attrs.validators.optional(text()))
+    db: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(0)))
+
+
+@attrs.frozen(kw_only=True)
+class RedisConfig:
+    """Everything a config says about a Redis bus, checked."""
+
+    delivery: str
+    url: str = attrs.field(repr=False)
+    connection: ConnectionOptions
+    delivery_options: FanoutOptions | QueueOptions
+    dispatch: DispatchOptions
+
+
+#: Config keys that name a connection option differently; ``prefix`` is the Go gateway's spelling.
+_CONFIG_NAMES = {"redis_prefix": "prefix", "prefix": "prefix"}
+
+
+def read_config(config: Mapping[str, Any]) -> RedisConfig:
+    """Read and check the ``bus`` (and Go ``redis``) sections of a Redis bus's config.
+
+    :raises ConfigError: naming the key, the rule and the value; for a key
+        the chosen delivery does not use, naming every key it accepts.
+    """
+    bus = section(config, "bus")
+    delivery = bus.get("delivery", "fanout")
+    if delivery not in ("fanout", "queue"):
+        raise ConfigError(f"bus.delivery must be one of 'fanout', 'queue', not {delivery!r}")
+    fanout = delivery == "fanout"
+    connection_keys = [k for k in keys_of(ConnectionOptions) if k != "prefix"] + list(_CONFIG_NAMES)
+    parts = split_section(
+        "bus",
+        bus,
+        {
+            "address": keys_of(Address),
+            "connection": connection_keys,
+            "delivery": keys_of(FanoutOptions if fanout else QueueOptions),
+            "dispatch": DispatchOptions.BUS_KEYS,
+        },
+        also=("type", "delivery"),
+    )
+    connection = parts["connection"]
+    if "redis_prefix" in connection and "prefix" in connection:
+        raise ConfigError("bus.redis_prefix and bus.prefix (the Go gateway's name) exclude each other")
+    if "redis_prefix" in connection:
+        connection["prefix"] = connection.pop("redis_prefix")
+    address = structure(Address, parts["address"], "bus")
+    go = structure(_GoRedis, section(config, "redis"), "redis")
+    if address.redis_url is None:
+        address = attrs.evolve(
+            address,
+            redis_addr=address.redis_addr if address.redis_addr is not None else go.addr,
+            redis_password=address.redis_password if address.redis_password is not None else go.password,
+            redis_db=address.redis_db if address.redis_db is not None else go.db,
+        )
+    delivery_options: FanoutOptions | QueueOptions = (
+        structure(FanoutOptions, parts["delivery"], "bus")
+        if fanout
+        else structure(QueueOptions, parts["delivery"], "bus")
+    )
+    return RedisConfig(
+        delivery=delivery,
+        url=address.url(),
+        connection=structure(ConnectionOptions, connection, "bus"),
+        delivery_options=delivery_options,
+        dispatch=dispatch_options(config),
+    )

@@ -1,0 +1,94 @@
+"""What becomes of a message once its handlers ran: the outcomes a transport carries out.
+
+A transport that must confirm messages (the Redis queue delivery
+acknowledges stream entries) hands the :class:`~nekobot_bus.dispatch.Dispatcher`
+a typed *ticket* with each message and a :class:`Settler` for its tickets.
+After the handlers ran, the dispatcher asks the settler to
+:meth:`~Settler.decide` and gets one of four outcomes:
+
+- :class:`Acknowledge`: done; the transport confirms it.
+- :class:`RetryAt`: run the handlers that failed again at a ``time.monotonic()``
+  instant. The dispatcher keeps the message (and the later messages of its
+  session, in order) aside until then; other sessions flow on. Then it asks
+  again.
+- :class:`DeadLetter`: failed for good; the transport files it with the reason.
+- :class:`Release`: not this process's to finish (no handler here, or given
+  up at stop): the transport leaves it for another consumer.
+
+The dispatcher hands every outcome but :class:`RetryAt` to
+:meth:`Settler.carry_out`, which must not block: the queue delivery passes
+it to its acker thread. Deciding is pure policy; nothing in this module
+touches a network.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import attrs
+
+from .message import Message
+
+if TYPE_CHECKING:
+    from .dispatch import Handler
+
+__all__ = ["Acknowledge", "DeadLetter", "Outcome", "Release", "Report", "RetryAt", "Settler"]
+
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+@attrs.frozen
+class Report:
+    """What the handlers of one message did, on its latest run here.
+
+    :param handled: whether its channel had a handler at all.
+    :param failures: the handlers that raised, with their errors (those are
+        the ones a retry runs again).
+    :param runs: how many times handlers ran for it in this process, this one included.
+    """
+
+    handled: bool
+    failures: tuple[tuple[Handler, Exception], ...] = ()
+    runs: int = 1
+
+
+@attrs.frozen
+class Acknowledge:
+    """Every handler returned: confirm the message."""
+
+
+@attrs.frozen
+class RetryAt:
+    """Run the failed handlers again at :func:`time.monotonic` instant *when*."""
+
+    when: float
+
+
+@attrs.frozen
+class DeadLetter:
+    """Give the message up for good and file it, with *reason*."""
+
+    reason: str
+
+
+@attrs.frozen
+class Release:
+    """Leave the message unconfirmed, for another consumer (or a later delivery) to take."""
+
+    reason: str
+
+
+Outcome = Acknowledge | RetryAt | DeadLetter | Release
+
+
+class Settler(Protocol[T_contra]):
+    """Decides and carries out the outcome of each message with a ticket of type ``T``.
+
+    Called on worker threads, concurrently: implementations are thread-safe.
+    """
+
+    def decide(self, message: Message, ticket: T_contra, report: Report) -> Outcome:
+        """The outcome of *message* after the run *report* describes."""
+
+    def carry_out(self, message: Message, ticket: T_contra, outcome: Outcome) -> None:
+        """Confirm, file or release *message*; never :class:`RetryAt`. Must not block."""
