@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -214,3 +215,40 @@ def test_bad_input_is_rejected_with_clear_errors(make_bus: BusFactory) -> None:
         bus.register_inbound_handler("telegram", "not a function")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Message"):
         bus.send_inbound({"channel_id": "telegram"})  # type: ignore[arg-type]
+
+
+def test_health_answers_on_every_backend(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    assert bus.health()["connected"] is False
+    with bus:
+        health = bus.health()
+        assert health["connected"] is True
+        assert {"backend", "pid"} <= set(health)
+    assert bus.health()["connected"] is False
+
+
+def test_wait_idle_after_an_unregister_in_flight_returns_promptly(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    bus.register_inbound_handler("telegram", lambda message: None)
+    batch = [msg(session=f"s{n % 5}", content=str(n)) for n in range(2000)]
+    with bus:
+        send_many = getattr(bus, "send_many", None)
+        if send_many is not None:  # remote buses: one round trip, so most is still on its way
+            send_many("inbound", batch)
+        else:
+            for message in batch:
+                bus.send_inbound(message)
+        bus.unregister_inbound_handlers("telegram")
+        started = time.monotonic()
+        assert bus.wait_idle(WAIT)
+        assert time.monotonic() - started < 3.0
+        m = assert_counts_add_up(bus)
+        assert m["handled_in"] + m["no_handler_in"] <= len(batch)
+
+
+def test_gauges_are_declared_as_gauges(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    gauges = bus.gauge_names()
+    assert {"queue_depth", "intake_bytes_in", "intake_bytes_out"} <= gauges
+    assert not gauges & {"messages_in", "handled_in", "errors"}
+    assert gauges <= set(bus.get_metrics())

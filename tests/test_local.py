@@ -176,3 +176,29 @@ def test_inline_dispatch_runs_handlers_in_the_sending_thread() -> None:
         bus.send_inbound(msg())
         assert threads == [threading.current_thread().name]
         assert bus.get_metrics()["queue_depth"] == 0
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_inline_no_handler_runs_after_stop_returned(drain: bool) -> None:
+    bus = LocalBus(dispatch="inline")
+    inside = threading.Event()
+    finished_at: list[float] = []
+
+    def slow(message: Message) -> None:
+        inside.set()
+        time.sleep(0.3)
+        finished_at.append(time.monotonic())
+
+    bus.register_inbound_handler("telegram", slow)
+    bus.start()
+    sender = threading.Thread(target=bus.send_inbound, args=(Message(channel_id="telegram"),))
+    sender.start()
+    try:
+        assert inside.wait(5)
+        assert bus.stop(timeout=5, drain=drain)
+        stopped_at = time.monotonic()
+        assert finished_at and finished_at[0] <= stopped_at, "a handler ran on after stop() returned"
+        with pytest.raises(BusClosedError):
+            bus.send_inbound(Message(channel_id="telegram"))
+    finally:
+        sender.join(5)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._options import section
 from ..config import load_config
 from ..errors import BusConnectionError, ConfigError
+
+if TYPE_CHECKING:
+    from ..backends.redis.keyspace import Keyspace
 
 __all__ = ["RedisTarget", "add_target_arguments", "config_from", "ensure_reachable", "redis_target"]
 
 
 class RedisTarget(NamedTuple):
     url: str
-    prefix: str
+    keys: Keyspace
     delivery: str
     shards: int
 
@@ -47,7 +50,7 @@ def redis_target(config: Mapping[str, Any]) -> RedisTarget:
     checked = read_config(config)
     options = checked.delivery_options
     shards = options.shards if isinstance(options, QueueOptions) else 0
-    return RedisTarget(checked.url, checked.connection.prefix, checked.delivery, shards)
+    return RedisTarget(checked.url, checked.connection.keyspace, checked.delivery, shards)
 
 
 def ensure_reachable(target: RedisTarget) -> None:

@@ -60,9 +60,14 @@ def run(args: argparse.Namespace) -> int:
     target = redis_target(config_from(args))
     ensure_reachable(target)
     channels = [validate_channel_id(c) for c in args.channel or []]
-    names = {
-        f"{target.prefix}{d.value}:{c}": d for d in args.directions for c in (channels or ["*"])
-    }  # exact names, or one pattern per direction
+    keys = target.keys
+    # Exact names (each shard's, for a sharded queue), or one pattern per direction.
+    names = {keys.every_channel(d): d for d in args.directions if not channels} | {
+        keys.messages(d, c, shard): d
+        for d in args.directions
+        for c in channels
+        for shard in (range(target.shards) if target.shards and target.delivery == "queue" else [None])
+    }
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     client = redis.Redis.from_url(target.url, socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
     read = _read_streams if target.delivery == "queue" else _read_pubsub
@@ -117,10 +122,9 @@ def _read_pubsub(
             item = pubsub.get_message(timeout=_POLL)
             if item is None or item["type"] not in ("message", "pmessage"):
                 continue
-            name = item["channel"].decode("utf-8", "replace")
-            direction, channel = _split(target.prefix, name)
-            if direction is not None:
-                yield direction, channel, item["data"]
+            name = target.keys.parse(item["channel"].decode("utf-8", "replace"))
+            if name is not None:
+                yield name.direction, name.channel_id, item["data"]
     finally:
         pubsub.close()
 
@@ -146,29 +150,22 @@ def _read_streams(
             continue
         reply: Any = client.xread(dict(positions), block=int(_POLL * 1000), count=100)
         for stream_name, entries in reply or []:
-            name = stream_name.decode()
-            direction, channel = _split(target.prefix, name)
+            stream = stream_name.decode()
+            name = target.keys.parse(stream)
             for entry_id, fields in entries:
-                positions[name] = entry_id
-                if direction is not None:
-                    yield direction, channel, (fields or {}).get(b"message", b"")
+                positions[stream] = entry_id
+                if name is not None:
+                    yield name.direction, name.channel_id, (fields or {}).get(b"message", b"")
 
 
 def _streams(client: redis.Redis, target: RedisTarget, names: dict[str, Direction]) -> list[str]:
     exact = [n for n in names if not n.endswith("*")]
     if len(exact) == len(names):
         return exact
-    announced = {m.decode() for m in client.smembers(f"{target.prefix}streams")}  # type: ignore[union-attr]
+    key = target.keys.announced_streams
+    announced = {m.decode() for m in client.smembers(key)}  # type: ignore[union-attr]
     prefixes = tuple(n[:-1] for n in names if n.endswith("*"))
     return sorted({*exact, *(s for s in announced if s.startswith(prefixes))})
-
-
-def _split(prefix: str, name: str) -> tuple[Direction | None, str]:
-    for direction in Direction:
-        head = f"{prefix}{direction.value}:"
-        if name.startswith(head):
-            return direction, name[len(head) :]
-    return None, name
 
 
 def _render(direction: Direction, channel: str, payload: bytes, *, as_json: bool) -> str:

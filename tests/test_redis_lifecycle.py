@@ -1,0 +1,120 @@
+"""Lifecycle promises of both Redis deliveries, with the server missing, paused or back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nekobot_bus import Bus, BusConnectionError, Direction, Message, create_bus
+
+from .conftest import queue_config, redis_config
+from .redis_server import RedisServer
+
+WAIT = 10.0
+CONFIGS = {"fanout": redis_config, "queue": queue_config}
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def delivery(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def build(buses: list[Bus], delivery: str, server: RedisServer, **bus: Any) -> Bus:
+    made = create_bus(CONFIGS[delivery](server, **bus))
+    buses.append(made)
+    return made
+
+
+def test_a_start_that_fails_leaves_no_thread_and_a_later_start_sends_what_waited(
+    tmp_path: Path, buses: list[Bus]
+) -> None:
+    server = RedisServer(tmp_path)  # not started yet
+    bus = build(buses, "fanout", server, send_timeout=1.0, socket_connect_timeout=0.2)
+    got = threading.Event()
+    bus.register_inbound_handler("telegram", lambda message: got.set())
+    bus.send_inbound(Message(channel_id="telegram", content="sent before start"))
+    before = set(threading.enumerate())
+    with pytest.raises(BusConnectionError, match="could not subscribe"):
+        bus.start()
+    assert set(threading.enumerate()) <= before, "a failed start left a thread"
+    server.start()
+    try:
+        bus.start()
+        assert got.wait(WAIT), "the message sent before the failed start was lost"
+        assert bus.stop(WAIT)
+    finally:
+        server.stop()
+
+
+def test_a_queue_start_that_fails_leaves_no_thread(tmp_path: Path, buses: list[Bus]) -> None:
+    server = RedisServer(tmp_path)  # never started
+    bus = build(buses, "queue", server, send_timeout=0.5, socket_connect_timeout=0.2)
+    bus.register_inbound_handler("telegram", lambda message: None)
+    before = set(threading.enumerate())
+    with pytest.raises(BusConnectionError):
+        bus.start()
+    assert set(threading.enumerate()) <= before
+
+
+def test_register_on_a_running_bus_raises_when_redis_cannot_confirm(
+    redis_server: RedisServer, buses: list[Bus], delivery: str
+) -> None:
+    bus = build(buses, delivery, redis_server, send_timeout=1.0, socket_timeout=0.5)
+    bus.register_inbound_handler("telegram", lambda message: None)
+    with bus:
+        redis_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(BusConnectionError, match=r"within 1\.0 s"):
+                bus.register_inbound_handler("discord", lambda message: None)
+            assert time.monotonic() - started < 5.0
+        finally:
+            redis_server.resume()
+        # The reader takes the change up once it is connected again.
+        got = threading.Event()
+        bus.register_inbound_handler("slack", lambda message: got.set())
+        bus.send_inbound(Message(channel_id="slack"))
+        assert got.wait(WAIT)
+
+
+def test_a_drain_that_meets_a_paused_server_reports_failure(
+    redis_server: RedisServer, buses: list[Bus]
+) -> None:
+    bus = build(buses, "queue", redis_server, send_timeout=0.5, socket_timeout=0.5)
+    bus.register_inbound_handler("telegram", lambda message: None)
+    bus.start()
+    bus.send_inbound(Message(channel_id="telegram"))
+    redis_server.pause()
+    try:
+        assert bus.stop(timeout=3.0, drain=True) is False
+    finally:
+        redis_server.resume()
+
+
+def test_send_many_takes_the_direction_by_name_and_refuses_anything_else(
+    redis_server: RedisServer, buses: list[Bus], delivery: str
+) -> None:
+    bus = build(buses, delivery, redis_server)
+    seen: list[str] = []
+    done = threading.Event()
+
+    def handler(message: Message) -> None:
+        seen.append(message.content)
+        if len(seen) == 4:
+            done.set()
+
+    bus.register_inbound_handler("telegram", handler)
+    with bus:
+        send_many = bus.send_many  # type: ignore[attr-defined]
+        send_many("inbound", [Message(channel_id="telegram", content=str(n)) for n in range(2)])
+        send_many(Direction.INBOUND, [Message(channel_id="telegram", content=str(n)) for n in range(2, 4)])
+        with pytest.raises(TypeError, match="direction must be a Direction, 'inbound' or 'outbound'"):
+            send_many("sideways", [Message(channel_id="telegram")])
+        with pytest.raises(TypeError, match=r"expected a nekobot_bus\.Message"):
+            send_many("inbound", ["not a message"])
+        assert done.wait(WAIT)
+    assert sorted(seen) == ["0", "1", "2", "3"]
