@@ -197,7 +197,8 @@ def test_inline_no_handler_runs_after_stop_returned(drain: bool) -> None:
         assert inside.wait(5)
         assert bus.stop(timeout=5, drain=drain)
         stopped_at = time.monotonic()
-        assert finished_at and finished_at[0] <= stopped_at, "a handler ran on after stop() returned"
+        assert finished_at, "stop() returned before the running handler finished"
+        assert finished_at[0] <= stopped_at
         with pytest.raises(BusClosedError):
             bus.send_inbound(Message(channel_id="telegram"))
     finally:
