@@ -128,9 +128,6 @@ class Dispatcher(Generic[T]):
         ]
         self._live = False  # inline only: True once start() has handled the backlog
         self._start_lock = threading.RLock()
-        # Inline sends in progress: stop() waits for them, so no handler runs after it returns.
-        self._inline_calls = threading.Condition()
-        self._inline_running = 0
         self._discarding = False
         self._started = False
 
@@ -235,18 +232,17 @@ class Dispatcher(Generic[T]):
                     # stall the caller: a full backlog fails at once.
                     self._put(self._queues[0], Item(message, cast("T", None)), timeout=0)
                     return
-        with self._inline_calls:
-            if self._discarding:
-                raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
-            self._inline_running += 1
-        try:
-            self._metrics.accepted(self._accepted_key)
-            self._deliver(Item(message, cast("T", None)), None)
-        finally:
-            with self._inline_calls:
-                self._inline_running -= 1
-                if not self._inline_running:
-                    self._inline_calls.notify_all()
+        if self._discarding:
+            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
+        # Counted in flight, then checked again: stop() sets _discarding before it
+        # waits for nothing to be in flight, so a send either finishes before
+        # stop() returns or sees _discarding and runs no handler (a send that
+        # raced stop() so is counted dropped as it raises).
+        self._metrics.accepted(self._accepted_key)
+        if self._discarding:
+            self._metrics.finished(self._dropped_key)
+            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
+        self._deliver(Item(message, cast("T", None)), None)
 
     # -- handling -----------------------------------------------------------
 
@@ -406,11 +402,7 @@ class Dispatcher(Generic[T]):
         for q in self._queues:
             q.seal()
         if self._inline or not self._started:
-            with self._inline_calls:
-                self._discarding = True
-                self._inline_calls.wait_for(
-                    lambda: not self._inline_running, max(0.0, deadline - time.monotonic())
-                )
+            self._discarding = True
             with self._start_lock:
                 self._live = True  # later inline sends see _discarding and raise
             for q in self._queues:
@@ -421,6 +413,9 @@ class Dispatcher(Generic[T]):
                     )
                     for item in leftover:
                         self._drop(item, "the bus never started", logging.DEBUG)
+            if self._inline:
+                # Inline handlers run in the senders' threads: wait for those running now.
+                self._metrics.wait_idle(max(0.0, deadline - time.monotonic()))
             return []
         alive = join_all(self._threads, deadline)
         if alive:

@@ -181,6 +181,35 @@ def test_tail_reads_the_queue_delivery_without_taking_anything(
     assert client.xlen("nekobot:bus:inbound:telegram") == 1  # still there for the agents
 
 
+def test_tail_with_a_channel_sees_a_sharded_queue_bus(redis_server: RedisServer, tmp_path: Path) -> None:
+    bus = {"type": "redis", "redis_addr": redis_server.addr, "delivery": "queue", "shards": 4}
+    config = tmp_path / "bus.json"
+    config.write_text(json.dumps({"bus": bus}))
+    args = ("--config", str(config), "--channel", "telegram", "--json", "--count", "3", "--timeout", "30")
+    with tailing(*args) as tail:
+        time.sleep(1.0)
+        for session in ("a", "b", "c"):  # three sessions: more than one shard
+            sent = run(
+                "send",
+                "--config",
+                str(config),
+                "--channel",
+                "telegram",
+                "--session",
+                session,
+                "--content",
+                session,
+            )
+            assert sent.returncode == 0, sent.stderr
+        out, _ = finish(tail)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(line["message"]["content"] for line in lines) == ["a", "b", "c"]
+    assert {line["channel"] for line in lines} == {"telegram"}
+    client: Any = redis_server.client()
+    assert len(client.keys("nekobot:bus:inbound:telegram[[]*")) > 1
+    client.close()
+
+
 def test_send_to_nobody_warns_and_exits_1(redis_server: RedisServer) -> None:
     done = run("send", "--redis-url", redis_server.url, "--channel", "telegram", "--content", "anyone?")
     assert done.returncode == 1

@@ -145,12 +145,15 @@ def run_local(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
         ratios["threaded_throughput_vs_queue"] = statistics.median(tput_bus) / statistics.median(tput_q)
     if "local-inline" in options.backends:
         lat_inline: list[float] = []
-        direct, inline = [], []
+        direct, inline, blinker_sends = [], [], []
         for _ in range(rounds):
             lat_inline += bus_latency(LocalBus(dispatch="inline"), per_round, size)
             d, i = inline_overhead(count, size)
             direct.append(d)
             inline.append(i)
+            measured = blinker_inline(count, size)
+            if measured is not None:
+                blinker_sends.append(1e6 / measured[1])
             progress.step("inline bus")
         bus = LocalBus(dispatch="inline")
         many, _ = bus_load(bus, bus, count, producers=options.producers, payload_size=size)
@@ -167,5 +170,6 @@ def run_local(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
             results.append(
                 Result("blinker signal.send (alternative)", blinker[0], blinker[1], note="in-process")
             )
-        ratios["inline_overhead_us"] = statistics.median(inline) - statistics.median(direct)
+        if blinker_sends:
+            ratios["inline_vs_blinker"] = statistics.median(inline) / statistics.median(blinker_sends)
     return results, ratios

@@ -99,6 +99,43 @@ def batch_throughput(url: str, count: int, payload_size: int, batch: int = 500) 
     return handled / elapsed
 
 
+def bare_batch_throughput(url: str, count: int, payload_size: int, batch: int = 500) -> float:
+    """The baseline of :func:`batch_throughput`: bare redis-py pipelined PUBLISH to a subscriber thread."""
+    channel = _PREFIX + "bare-batch"
+    payloads = [codec.encode(m) for m in messages(count, payload_size)]
+    publisher = redis.Redis.from_url(url)
+    subscriber = redis.Redis.from_url(url).pubsub()
+    subscriber.subscribe(channel)
+    confirmed = None
+    while confirmed is None:
+        confirmed = subscriber.get_message(timeout=1.0)  # the subscribe confirmation
+    received = [0]
+    done = threading.Event()
+
+    def read() -> None:
+        deadline = now() + 60
+        while received[0] < count and now() < deadline:
+            item = subscriber.get_message(timeout=1.0)
+            if item is not None and item["type"] == "message":
+                received[0] += 1
+        done.set()
+
+    reader = threading.Thread(target=read, name="bench-bare-subscriber")
+    reader.start()
+    started = now()
+    for i in range(0, count, batch):
+        pipe = publisher.pipeline(transaction=False)
+        for body in payloads[i : i + batch]:
+            pipe.publish(channel, body)
+        pipe.execute()
+    done.wait(60)
+    elapsed = now() - started
+    reader.join(5)
+    subscriber.close()
+    publisher.close()
+    return received[0] / elapsed
+
+
 def steps_redis(options: BenchOptions) -> int:
     """How many progress steps :func:`run_redis` takes."""
     return options.rounds + 1 if "redis" in options.backends else 0
@@ -111,7 +148,7 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
     bare: list[float] = []
     ours: list[float] = []
     theirs: list[float] = []
-    p50_bare, p50_ours, p50_theirs, rates = [], [], [], []
+    p50_bare, p50_ours, p50_theirs, rates, rates_bare = [], [], [], [], []
     per_round = max(100, count // options.rounds)
     kombu = KombuLane.open(url)
     try:
@@ -128,6 +165,7 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
             p50_ours.append(statistics.median(o))
             if k:
                 p50_theirs.append(statistics.median(k))
+            rates_bare.append(bare_batch_throughput(url, 20_000, size))
             rates.append(batch_throughput(url, 20_000, size))
             progress.step("redis fan-out")
     finally:
@@ -144,6 +182,11 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
         Result("redis-py publish/subscribe (baseline)", bare, note="raw baseline"),
         Result("RedisBus fan-out", ours, one, many, peak, REDIS_CLAIM),
         Result(
+            "redis-py pipelined publish/subscribe (baseline)",
+            rate=statistics.median(rates_bare),
+            note="batches of 500, 1 producer",
+        ),
+        Result(
             "RedisBus fan-out, send_many",
             rate=statistics.median(rates),
             note="batches of 500, 1 producer",
@@ -151,6 +194,7 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
     ]
     ratios = {
         "redis_p50_vs_bare": statistics.median(p50_ours) / statistics.median(p50_bare),
+        "redis_batched_vs_bare": statistics.median(rates) / statistics.median(rates_bare),
         "redis_batched_rate": statistics.median(rates),
     }
     if theirs:

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
             ratios |= found
         if options.scaling:
             scaling = run_scaling(options, progress, redis_ok)
+    if "queue_rate" in ratios and "redis_batched_rate" in ratios:
+        ratios["queue_rate_vs_fanout"] = ratios["queue_rate"] / ratios["redis_batched_rate"]
     targets = verdicts(ratios)
     if args.plot:
         try:
