@@ -128,7 +128,8 @@ class Dispatcher(Generic[T]):
         ]
         self._live = False  # inline only: True once start() has handled the backlog
         self._start_lock = threading.RLock()
-        self._discarding = False
+        # Set by stop(): no handler runs any more; what is left is counted dropped.
+        self._discarding = threading.Event()
         self._started = False
 
     # -- taking messages ----------------------------------------------------
@@ -232,14 +233,14 @@ class Dispatcher(Generic[T]):
                     # stall the caller: a full backlog fails at once.
                     self._put(self._queues[0], Item(message, cast("T", None)), timeout=0)
                     return
-        if self._discarding:
+        if self._discarding.is_set():
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
         # Counted in flight, then checked again: stop() sets _discarding before it
         # waits for nothing to be in flight, so a send either finishes before
         # stop() returns or sees _discarding and runs no handler (a send that
         # raced stop() so is counted dropped as it raises).
         self._metrics.accepted(self._accepted_key)
-        if self._discarding:
+        if self._discarding.is_set():
             self._metrics.finished(self._dropped_key)
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
         self._deliver(Item(message, cast("T", None)), None)
@@ -348,7 +349,7 @@ class Dispatcher(Generic[T]):
                     self._drop(left, "it waited for a retry when the bus stopped", logging.INFO)
                 q.held_back = 0
                 return
-            if self._discarding:
+            if self._discarding.is_set():
                 self._drop(item, "the bus stopped without draining", logging.DEBUG)
             elif aside.holds(item.message.session_id):
                 aside.hold(item)
@@ -398,11 +399,11 @@ class Dispatcher(Generic[T]):
             was still running at the deadline (it is not our thread).
         """
         if not drain:
-            self._discarding = True
+            self._discarding.set()
         for q in self._queues:
             q.seal()
         if self._inline or not self._started:
-            self._discarding = True
+            self._discarding.set()
             with self._start_lock:
                 self._live = True  # later inline sends see _discarding and raise
             for q in self._queues:
@@ -419,7 +420,7 @@ class Dispatcher(Generic[T]):
             return []
         alive = join_all(self._threads, deadline)
         if alive:
-            self._discarding = True
+            self._discarding.set()
             logger.warning(
                 "%s did not finish by the stop deadline; what they still hold is counted as dropped",
                 ", ".join(t.name for t in alive),
