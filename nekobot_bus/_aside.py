@@ -40,49 +40,48 @@ class Aside(Generic[T]):
     """The parked sessions of one worker, by session id, with their retry times."""
 
     def __init__(self) -> None:
-        self._by_session: dict[str, Parked[T]] = {}
-        self._due: list[tuple[float, int, str]] = []
+        #: The parked message of each session aside, by session id (read by the worker's hot path).
+        self.sessions: dict[str, Parked[T]] = {}
+        #: When each parked message is due, as a heap: empty when nothing is aside.
+        self.due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
 
     def __len__(self) -> int:
         """Messages kept aside: those waiting for a retry and those behind them."""
-        return sum(1 + len(parked.backlog) for parked in self._by_session.values())
-
-    def holds(self, session_id: str) -> bool:
-        return session_id in self._by_session
+        return sum(1 + len(parked.backlog) for parked in self.sessions.values())
 
     def park(self, parked: Parked[T]) -> None:
         """Keep *parked* aside until its time."""
         session = parked.item.message.session_id
-        self._by_session[session] = parked
-        heapq.heappush(self._due, (parked.when, next(self._order), session))
+        self.sessions[session] = parked
+        heapq.heappush(self.due, (parked.when, next(self._order), session))
 
     def hold(self, item: Item[T]) -> None:
         """Queue *item* behind the parked message of its session."""
-        self._by_session[item.message.session_id].backlog.append(item)
+        self.sessions[item.message.session_id].backlog.append(item)
 
     def hold_all(self, session_id: str, items: deque[Item[T]]) -> None:
         """Queue *items*, in order, behind the parked message of *session_id*."""
-        self._by_session[session_id].backlog.extend(items)
+        self.sessions[session_id].backlog.extend(items)
 
     def wait_time(self) -> float | None:
         """Seconds until the next retry is due (0 if one is), ``None`` when nothing is aside."""
-        if not self._due:
+        if not self.due:
             return None
-        return max(0.0, self._due[0][0] - time.monotonic())
+        return max(0.0, self.due[0][0] - time.monotonic())
 
     def pop_due(self) -> Iterator[Parked[T]]:
         """Take out, one by one, each parked message whose retry time has come."""
-        while self._due and self._due[0][0] <= time.monotonic():
-            _when, _order, session = heapq.heappop(self._due)
-            yield self._by_session.pop(session)
+        while self.due and self.due[0][0] <= time.monotonic():
+            _when, _order, session = heapq.heappop(self.due)
+            yield self.sessions.pop(session)
 
     def take_all(self) -> list[Item[T]]:
         """Empty it; every message kept aside, each session's in order."""
         items: list[Item[T]] = []
-        for parked in self._by_session.values():
+        for parked in self.sessions.values():
             items.append(parked.item)
             items.extend(parked.backlog)
-        self._by_session.clear()
-        self._due.clear()
+        self.sessions.clear()
+        self.due.clear()
         return items

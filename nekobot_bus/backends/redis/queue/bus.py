@@ -88,7 +88,8 @@ from ..options import QueueOptions
 from ..subscriber import Subscriptions
 from .acker import Acker
 from .ledger import Entry, Ledger
-from .reader import BLOCK, StreamReader, pairs
+from .progress import GroupProgress
+from .reader import BLOCK, StreamReader
 from .settle import StreamSettler
 
 __all__ = ["RedisStreamBus"]
@@ -181,6 +182,7 @@ class RedisStreamBus(RedisBase):
             subscriptions=self._subs,
         )
         self._reader_thread: threading.Thread | None = None
+        self._progress = GroupProgress(self._runner, self._streams, self.group, self._acker.settled)
 
     def _settler(self, direction: Direction) -> Settler[Entry]:
         # Called by the base constructor, before the runner and the acker exist;
@@ -254,7 +256,7 @@ class RedisStreamBus(RedisBase):
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         reading = self._reader_thread is not None and self._reader_thread.is_alive()
         # Take what the streams hold now, so what was sent before stop() is handled.
-        if drain and reading and not self._wait_group_caught_up(deadline):
+        if drain and reading and not self._progress.wait_caught_up(deadline):
             self._drain_failed = True
         self._stopping.set()
         self._link.interrupt()
@@ -324,59 +326,6 @@ class RedisStreamBus(RedisBase):
 
     # -- observing --------------------------------------------------------
 
-    def _group_state(self) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
-        """For each stream read: its last entry id, the last id the group took, and its pending count."""
-        commands: list[tuple[Any, ...]] = []
-        for stream in self._streams.streams_to_read(None, every_shard=True):
-            commands += [("XINFO", "STREAM", stream), ("XINFO", "GROUPS", stream)]
-        replies = self._runner.run(commands, "reading the groups' state", allow={"ERR"}) if commands else []
-        state = []
-        for stream_info, groups in zip(replies[::2], replies[1::2], strict=True):
-            if isinstance(stream_info, Exception) or isinstance(groups, Exception):
-                if "no such key" not in f"{stream_info} {groups}":
-                    raise BusReplyError(f"Redis at {self.address} refused XINFO: {stream_info} {groups}")
-                continue  # nothing was sent to it yet
-            last = _id(pairs(stream_info)[b"last-generated-id"])
-            mine = [g for g in map(pairs, groups) if g[b"name"] == self.group.encode()]
-            if mine:
-                state.append((last, _id(mine[0][b"last-delivered-id"]), int(mine[0][b"pending"])))
-            else:
-                state.append((last, (0, 0), 0))
-        return state
-
-    def _wait_until(self, ready: Any, deadline: float | None) -> bool:
-        """Wait, on the acker's and the workers' progress, until *ready()* holds or *deadline* passes.
-
-        What other consumers do shows no event here, so between checks the
-        wait grows from 5 ms to 200 ms.
-        """
-        pause = 0.005
-        while True:
-            if ready():
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            with self._acker.settled:
-                self._acker.settled.wait(pause if left is None else min(pause, left))
-            pause = min(pause * 2, 0.2)
-
-    def _wait_group_caught_up(self, deadline: float) -> bool:
-        """Wait until the group has taken every entry the read streams hold now; ``False`` if it did not."""
-        try:
-            targets = [last for last, _, _ in self._group_state()]
-
-            def caught_up() -> bool:
-                taken = [delivered for _, delivered, _ in self._group_state()]
-                return len(taken) >= len(targets) and all(
-                    d >= t for d, t in zip(taken, targets, strict=False)
-                )
-
-            return self._wait_until(caught_up, deadline)
-        except (BusConnectionError, BusReplyError) as exc:
-            logger.warning("could not drain the group at stop: %s", exc)
-            return False
-
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the group has taken and acknowledged everything in the streams this bus reads.
 
@@ -391,19 +340,12 @@ class RedisStreamBus(RedisBase):
             # Redis a moment before its worker counts the message finished.
             return (
                 self._metrics.wait_idle(left)
-                and self._groups_idle()
+                and self._progress.idle()
                 and self._metrics.wait_idle(0)
                 and not len(self._ledger)
             )
 
-        return self._wait_until(idle, deadline)
-
-    def _groups_idle(self) -> bool:
-        try:
-            state = self._group_state()
-        except (BusConnectionError, BusReplyError):
-            return False
-        return all(pending == 0 and delivered >= last for last, delivered, pending in state)
+        return self._progress.wait_until(idle, deadline)
 
     def health(self) -> dict[str, Any]:
         """Liveness of the reader: connected, since when, last entry age, this consumer's name."""
@@ -420,8 +362,3 @@ class RedisStreamBus(RedisBase):
             "shards": sorted(self._streams.readable_shards()) if self.shards else None,
             "pid": os.getpid(),
         }
-
-
-def _id(entry_id: bytes) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition(b"-")
-    return int(millis), int(seq or 0)
