@@ -236,17 +236,29 @@ class Dispatcher(Generic[T]):
                     # stall the caller: a full backlog fails at once.
                     self._put(self._queues[0], Item(message, _NO_TICKET), timeout=0)
                     return
-        if self._discarding.is_set():
+        discarding = self._discarding.is_set
+        if discarding():
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
         # Counted in flight, then checked again: stop() sets _discarding before it
         # waits for nothing to be in flight, so a send either finishes before
         # stop() returns or sees _discarding and runs no handler (a send that
         # raced stop() so is counted dropped as it raises).
-        self._metrics.accepted(self._accepted_key)
-        if self._discarding.is_set():
-            self._metrics.finished(self._dropped_key)
+        metrics = self._metrics
+        metrics.accepted(self._accepted_key)
+        if discarding():
+            metrics.finished(self._dropped_key)
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
-        self._deliver(Item(message, _NO_TICKET), None)
+        # Inline dispatch has no settler: the plain path, spelled out (it is the latency claim).
+        handlers = self._registry.lookup(message.channel_id)
+        if handlers:
+            for handler in handlers:
+                try:
+                    handler(message)
+                except Exception as exc:
+                    self._failed(message, handler, exc)
+            metrics.finished(self._handled_key)
+        else:
+            metrics.finished(self._no_handler_key)
 
     # -- handling -----------------------------------------------------------
 

@@ -365,3 +365,21 @@ def test_redis_config_errors() -> None:
         create_bus({"bus": {"type": "redis", "dispatch": "inline"}})
     with pytest.raises(ConfigError, match="delivery"):
         create_bus({"bus": {"type": "redis", "delivery": "carrier-pigeon"}})
+
+
+def test_a_burst_of_ten_thousand_in_batches_loses_nothing_under_default_settings(
+    redis_server: RedisServer, buses: list[Bus]
+) -> None:
+    receiver, sender = new_bus(buses, redis_server), new_bus(buses, redis_server)
+    receiver.register_inbound_handler("telegram", lambda message: None)
+    receiver.start()
+    sender.start()
+    batch = [Message(channel_id="telegram", session_id=f"s{n % 50}", content=str(n)) for n in range(10_000)]
+    for start in range(0, len(batch), 500):
+        sender.send_many("inbound", batch[start : start + 500])
+    deadline = time.monotonic() + WAIT * 3
+    while receiver.get_metrics()["messages_in"] < len(batch) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert receiver.wait_idle(WAIT * 3)
+    m = receiver.get_metrics()
+    assert (m["messages_in"], m["handled_in"], m["dropped_in"]) == (10_000, 10_000, 0)
