@@ -21,6 +21,13 @@ def stream(direction: str = "inbound", channel: str = "telegram") -> str:
     return f"nekobot:bus:{direction}:{channel}"
 
 
+def wait_for_metric(bus: Bus, key: str, at_least: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while bus.get_metrics()[key] < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bus.get_metrics()[key] >= at_least, f"{key} never reached {at_least}"
+
+
 def test_a_failing_sessions_retry_does_not_hold_back_other_sessions(
     redis_server: RedisServer, buses: list[Bus]
 ) -> None:
@@ -48,7 +55,7 @@ def test_a_failing_sessions_retry_does_not_hold_back_other_sessions(
         assert done.wait(WAIT)
         assert bus.wait_idle(WAIT)
     # One worker: the other sessions went on while "fails" waited its 2 s.
-    assert max(seen["other-0"], seen["other-1"]) - started < 0.5
+    assert max(seen["other-0"], seen["other-1"]) - started < 1.0
     # The failing session kept its order: the retry first, then what was behind it.
     assert seen["fails"] - started >= 1.5
     assert seen["behind"] > seen["fails"]
@@ -96,14 +103,10 @@ def test_acknowledgements_redis_did_not_take_are_not_counted_acked(
     client = redis_server.client()
     with bus:
         bus.send_inbound(msg("held"))
-        deadline = time.monotonic() + WAIT
-        while bus.get_metrics()["pending_in"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_metric(bus, "pending_in", 1)
         client.flushall()  # as after a failover to an empty replica: stream and group are gone
         gate.set()
-        deadline = time.monotonic() + WAIT
-        while bus.get_metrics()["ack_failed_in"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_metric(bus, "ack_failed_in", 1)
         bus.send_inbound(msg("later"))
         assert bus.wait_idle(WAIT)
     assert handled == ["held", "later"]
@@ -126,9 +129,7 @@ def test_an_aborted_dead_letter_transaction_is_retried_not_counted(
     client = redis_server.client()
     with bus:
         bus.send_inbound(msg("poison"))
-        deadline = time.monotonic() + WAIT
-        while bus.get_metrics()["pending_in"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_metric(bus, "pending_in", 1)
         # No memory for anything new: the XADD inside MULTI is refused, and EXEC aborts.
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("maxmemory", 1)

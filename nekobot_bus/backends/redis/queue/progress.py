@@ -16,7 +16,8 @@ from typing import Any
 
 from ....errors import BusConnectionError, BusReplyError
 from ..client import CommandRunner
-from .reader import StreamReader, pairs
+from .reader import StreamReader
+from .wire import pairs
 
 __all__ = ["GroupProgress"]
 

@@ -46,6 +46,7 @@ from ..subscriber import Subscriptions
 from .acker import Acker
 from .ledger import Entry, Ledger
 from .shards import ShardLeases
+from .wire import call, forget_departed, pairs
 
 __all__ = ["BLOCK", "StreamReader"]
 
@@ -71,19 +72,6 @@ class _ReadPlan:
     discovery_at: float = 0.0
     claim_at: float = 0.0
     lease_at: float = 0.0
-
-
-def call(conn: Any, *args: Any) -> Any:
-    """Run one command on the reader's connection; an error reply raises ``ResponseError``."""
-    conn.send_command(*args)
-    return conn.read_response()
-
-
-def pairs(flat: Any) -> dict[bytes, Any]:
-    """A RESP2 flat ``[key, value, ...]`` reply as a dict."""
-    if isinstance(flat, dict):
-        return flat
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class StreamReader:
@@ -191,7 +179,7 @@ class StreamReader:
             self._claim(conn, plan.streams)
             plan.claim_at = now + options.claim_idle / 4
         if now >= plan.cleanup_at:
-            self._forget_departed(conn, plan.streams)
+            forget_departed(conn, plan.streams, self._group, self._consumer, options.claim_idle)
             plan.cleanup_at = now + options.claim_idle * 5
 
     def _direction_of(self, stream: str) -> Direction:
@@ -359,33 +347,15 @@ class StreamReader:
                 logger.warning("%d pending entries of %s were trimmed before being handled", gone, stream)
             self.take(stream, [(i, f, deliveries[i]) for i, f in claimed], claimed=True)
 
-    def _forget_departed(self, conn: Any, streams: list[str]) -> None:
-        """Delete consumers that hold nothing and were last seen ``10 x claim_idle`` ago.
-
-        Every bus joins under a new name, so without this a group collects a
-        consumer for every process that ever ran. Deleting one that holds
-        nothing loses nothing, and a live consumer deleted by mistake is
-        created again by its next read.
-        """
-        limit_ms = int(self._options.claim_idle * 10 * 1000)
-        me = self._consumer.encode()
-        for stream in streams:
-            for row in call(conn, "XINFO", "CONSUMERS", stream, self._group):
-                consumer = pairs(row)
-                name = consumer[b"name"]
-                if name != me and int(consumer[b"pending"]) == 0 and int(consumer[b"idle"]) > limit_ms:
-                    call(conn, "XGROUP", "DELCONSUMER", stream, self._group, name)
-                    logger.info(
-                        "consumer %s left group %s of %s long ago; removed",
-                        name.decode(),
-                        self._group,
-                        stream,
-                    )
-
     # -- handing entries on ---------------------------------------------------
 
     def take(self, stream: str, entries: list[tuple[bytes, Any, int]], *, claimed: bool) -> None:
-        """Decode *entries* of *stream* and put them on their sessions' worker queues, in order."""
+        """Decode *entries* of *stream* and put them on their sessions' worker queues, in order.
+
+        An entry enters the :class:`~.ledger.Ledger` only as it is handed on
+        (to a worker, or to the acker): if Redis fails half way, what was not
+        handed on is not held, so the claim takes it up again.
+        """
         name = self._keys.parse(stream)
         if name is None or not entries:
             return
@@ -395,18 +365,18 @@ class StreamReader:
         for entry_id, fields, deliveries in entries:
             payload = pairs(fields or []).get(b"message", b"")
             entry = Entry(stream, entry_id, name.direction, payload, deliveries)
-            if not self._ledger.hold(entry):
+            if entry.key in self._ledger:
                 continue  # delivered again while still in hand (a group created anew)
             try:
                 message = codec.decode(payload, max_size=self._max_message_size)
             except MessageDecodeError as exc:
                 self._metrics.incr("decode_errors")
                 logger.warning("undecodable entry %s on %s: %s", entry_id.decode(), stream, exc)
-                self._acker.put(entry, DeadLetter(f"undecodable: {exc}"))
+                self._to_acker(entry, DeadLetter(f"undecodable: {exc}"))
                 continue
             if deliveries > self._options.max_deliveries:
                 reason = f"delivered {deliveries - 1} times without being acknowledged"
-                self._acker.put(entry, DeadLetter(reason))
+                self._to_acker(entry, DeadLetter(reason))
                 continue
             ready.append((message, entry))
         if claimed:
@@ -424,7 +394,7 @@ class StreamReader:
             if seen == 1:
                 entry.payload = b""
                 self._metrics.incr(f"duplicates_{entry.direction.suffix}")
-                self._acker.put(entry, Acknowledge())
+                self._to_acker(entry, Acknowledge())
             else:
                 fresh.append((message, entry))
         return fresh
@@ -432,13 +402,23 @@ class StreamReader:
     def _hand_on(self, direction: Direction, ready: list[tuple[Message, Entry]]) -> None:
         dispatcher = self._dispatchers[direction]
         renewed = time.monotonic()
-        for index, (message, entry) in enumerate(ready):
-            while not dispatcher.put_waiting(message, entry, 0.05):
-                if self._stopping.is_set():
-                    # This and the rest stay pending in Redis, for the group to claim.
-                    for _, left in ready[index:]:
-                        self._ledger.release(left)
-                    return
-                if time.monotonic() - renewed > self._options.claim_idle / 4:
-                    self.renew_held()
-                    renewed = time.monotonic()
+        for message, entry in ready:
+            if not self._ledger.hold(entry):
+                continue
+            try:
+                while not dispatcher.put_waiting(message, entry, 0.05):
+                    if self._stopping.is_set():
+                        # This and the rest stay pending in Redis, for the group to claim.
+                        self._ledger.release(entry)
+                        return
+                    if time.monotonic() - renewed > self._options.claim_idle / 4:
+                        self.renew_held()
+                        renewed = time.monotonic()
+            except BaseException:
+                self._ledger.release(entry)
+                raise
+
+    def _to_acker(self, entry: Entry, outcome: DeadLetter | Acknowledge) -> None:
+        """Hand *entry* to the acker, which releases it from the ledger once Redis answered."""
+        if self._ledger.hold(entry):
+            self._acker.put(entry, outcome)
