@@ -22,7 +22,7 @@ from .dispatch import Direction, Dispatcher, Handler, HandlerRegistry
 from .errors import BusClosedError
 from .message import Message
 from .metrics import Metrics
-from .settle import Settler
+from .settle import Gate, Settler
 
 __all__ = ["Bus", "DispatchMode"]
 
@@ -75,6 +75,7 @@ class Bus(abc.ABC):
                 inline=options.dispatch == "inline",
                 thread_prefix=f"nekobot-bus-{self.thread_name}",
                 settler=self._settler(d),
+                gate=self._gate(d),
                 intake_bytes=options.intake_bytes,
             )
             for d in Direction
@@ -239,6 +240,10 @@ class Bus(abc.ABC):
 
     def _settler(self, direction: Direction) -> Settler[Any] | None:
         """What settles the messages of *direction*, for a transport that confirms them."""
+        return None
+
+    def _gate(self, direction: Direction) -> Gate[Any] | None:
+        """What decides whether this process handles a message of *direction* at all, if anything."""
         return None
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:  # noqa: B027

@@ -52,7 +52,7 @@ from .errors import BusClosedError, BusFullError
 from .message import Message
 from .metrics import Metrics
 from .registry import Direction, Handler, HandlerRegistry
-from .settle import Outcome, Release, Report, RetryAt, Settler
+from .settle import Gate, Outcome, Release, Report, RetryAt, Settler
 
 __all__ = ["DEFAULT_INTAKE_BYTES", "Direction", "Dispatcher", "Handler", "HandlerRegistry"]
 
@@ -84,6 +84,9 @@ class Dispatcher(Generic[T]):
     :param thread_prefix: threads are named ``{thread_prefix}-{direction}-{n}``.
     :param settler: decides and carries out what becomes of each message with
         a ticket (see :mod:`nekobot_bus.settle`); ``None``: handled is done.
+    :param gate: asked before the handlers of a message run whether this
+        process handles it (a group of processes sharing the work); a message
+        it turns away is counted ``claimed_elsewhere``.
     :param intake_bytes: the budget of :meth:`offer`, in bytes.
     """
 
@@ -98,12 +101,14 @@ class Dispatcher(Generic[T]):
         inline: bool = False,
         thread_prefix: str = "nekobot-bus",
         settler: Settler[T] | None = None,
+        gate: Gate[T] | None = None,
         intake_bytes: int = DEFAULT_INTAKE_BYTES,
     ) -> None:
-        if inline and settler is not None:
-            raise ValueError("inline dispatch runs no settler: retries would block the sender")
+        if inline and (settler is not None or gate is not None):
+            raise ValueError("inline dispatch runs no settler or gate: they are for remote transports")
         self.direction = direction
         self._settler = settler
+        self._gate = gate
         self._registry = registry
         self._metrics = metrics
         self._inline = inline
@@ -112,6 +117,7 @@ class Dispatcher(Generic[T]):
         self._handled_key = f"handled_{suffix}"
         self._no_handler_key = f"no_handler_{suffix}"
         self._dropped_key = f"dropped_{suffix}"
+        self._elsewhere_key = f"claimed_elsewhere_{suffix}"
         self._intake = Intake(intake_bytes, metrics, f"intake_bytes_{suffix}")
         count = 1 if inline else workers
         # Signalled when a worker takes a message, for a transport waiting for room.
@@ -266,8 +272,23 @@ class Dispatcher(Generic[T]):
         """Run the handlers of *item* and settle it; park it in *aside* when told to retry."""
         message = item.message
         handlers = self._registry.lookup(message.channel_id)
+        if handlers and self._gate is not None and not self._admitted(item):
+            return
         failures = self.run_handlers(message, handlers) if handlers else ()
         self._settle(item, aside, bool(handlers), failures, runs)
+
+    def _admitted(self, item: Item[T]) -> bool:
+        """Ask the gate; a message it turns away, or cannot answer for, is finished here."""
+        assert self._gate is not None
+        try:
+            if self._gate.admit(item.message, item.ticket):
+                return True
+        except Exception as exc:
+            self._metrics.incr("errors")
+            self._drop(item, f"whether another process handles it is unknown: {exc}")
+            return False
+        self._metrics.finished(self._elsewhere_key)
+        return False
 
     def _settle(
         self,
@@ -365,7 +386,7 @@ class Dispatcher(Generic[T]):
             self._handled_key,
             self._no_handler_key,
         )
-        plain = self._settler is None
+        plain = self._settler is None and self._gate is None
         while True:
             try:
                 item = get(aside.wait_time() if due else None)

@@ -47,12 +47,14 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from .bus import Bus
-from .config import create_bus
+from .config import create_bus, load_config
+from .errors import ConfigError
 
 __all__ = ["EXTENSION_KEY", "NekobotBus"]
 
@@ -97,8 +99,17 @@ class NekobotBus:
 
     Config keys: ``NEKOBOT_BUS``, what :func:`~nekobot_bus.create_bus` takes
     (a mapping, JSON text or a file path; default: the local bus);
-    ``NEKOBOT_BUS_URL_PREFIX`` (default ``/bus``; ``None``: no views);
-    ``NEKOBOT_BUS_STOP_TIMEOUT`` (seconds, default 10).
+    ``NEKOBOT_BUS_GROUP``, the fan-out group of the app's processes (default:
+    the app's import name; ``None`` or ``""``: every process handles every
+    message); ``NEKOBOT_BUS_URL_PREFIX`` (default ``/bus``; ``None``: no
+    views); ``NEKOBOT_BUS_STOP_TIMEOUT`` (seconds, default 10).
+
+    The workers of a web app each run a bus, and on the Redis fan-out each
+    would receive, and deliver, every outbound message: every user would get
+    every reply once per worker. So on ``type: redis`` with the fan-out
+    delivery, the extension puts the app's processes in one ``bus.group``
+    unless the config names one: each message is handled by one worker, at
+    most once (the queue delivery gives at least once).
     """
 
     def __init__(self, app: Flask | None = None) -> None:
@@ -110,7 +121,10 @@ class NekobotBus:
         """Build the app's bus from its config and add the start hook and the views."""
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(f"{app.name!r} already has a nekobot bus")
-        config = app.config.get("NEKOBOT_BUS") or {"bus": {"type": "local"}}
+        config = _grouped(
+            load_config(app.config.get("NEKOBOT_BUS") or {"bus": {"type": "local"}}),
+            app.config.get("NEKOBOT_BUS_GROUP", app.import_name),
+        )
         state = _BusState(create_bus(config), float(app.config.get("NEKOBOT_BUS_STOP_TIMEOUT", 10.0)))
         app.extensions[EXTENSION_KEY] = state
         app.before_request(state.ensure_started)
@@ -140,6 +154,18 @@ class NekobotBus:
     def stop(self, app: Flask | None = None) -> bool:
         """Stop the bus (draining it); ``True`` if every thread ended in time."""
         return self._state(app).stop()
+
+
+def _grouped(config: dict[str, Any], group: object) -> dict[str, Any]:
+    """*config* with the app's *group* on a Redis fan-out bus that names none."""
+    bus = config.get("bus")
+    if not group or not isinstance(bus, Mapping) or bus.get("type") != "redis" or "group" in bus:
+        return config
+    if bus.get("delivery", "fanout") != "fanout":
+        return config
+    if not isinstance(group, str):
+        raise ConfigError(f"NEKOBOT_BUS_GROUP must be a string or None, not {group!r}")
+    return {**config, "bus": {**bus, "group": group}}
 
 
 def _state() -> _BusState:

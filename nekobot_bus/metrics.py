@@ -17,7 +17,7 @@ from collections.abc import Iterable
 __all__ = ["DIRECTION_GAUGES", "DIRECTION_KEYS", "Metrics"]
 
 #: Per-direction counters, written with an ``_in`` or ``_out`` suffix.
-DIRECTION_KEYS = ("messages", "handled", "no_handler", "dropped")
+DIRECTION_KEYS = ("messages", "handled", "no_handler", "dropped", "claimed_elsewhere")
 #: Per-direction gauges of every bus: the bytes a burst holds in the intake.
 DIRECTION_GAUGES = ("intake_bytes",)
 
@@ -76,7 +76,7 @@ class Metrics:
         with self._lock:
             counts = self._counts | self._levels
             in_flight = self._in_flight
-        for key in ("no_handler", "dropped"):
+        for key in ("no_handler", "dropped", "claimed_elsewhere"):
             counts[key] = counts[f"{key}_in"] + counts[f"{key}_out"]
         counts["queue_depth"] = in_flight
         return counts

@@ -32,7 +32,7 @@ from .message import Message
 if TYPE_CHECKING:
     from .dispatch import Handler
 
-__all__ = ["Acknowledge", "DeadLetter", "Outcome", "Release", "Report", "RetryAt", "Settler"]
+__all__ = ["Acknowledge", "DeadLetter", "Gate", "Outcome", "Release", "Report", "RetryAt", "Settler"]
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
@@ -92,3 +92,20 @@ class Settler(Protocol[T_contra]):
 
     def carry_out(self, message: Message, ticket: T_contra, outcome: Outcome) -> None:
         """Confirm, file or release *message*; never :class:`RetryAt`. Must not block."""
+
+
+class Gate(Protocol[T_contra]):
+    """Decides, before the handlers run, whether this process handles a message at all.
+
+    The Redis fan-out's ``group`` uses one: of the processes of a group that
+    all receive a message, only the first to claim its id handles it. Called
+    on worker threads, concurrently, only for messages that have a handler
+    here: implementations are thread-safe.
+    """
+
+    def admit(self, message: Message, ticket: T_contra) -> bool:
+        """``True``: handle it here; ``False``: another member of the group does.
+
+        :raises Exception: the question could not be answered (its server is
+            away): the message is counted ``dropped``.
+        """

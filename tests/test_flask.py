@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from nekobot_bus import Message
+from nekobot_bus import Message, encode
 from nekobot_bus.flask import NekobotBus
 
 from .conftest import redis_config
@@ -230,3 +231,46 @@ print("main done", flush=True)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["main done", "handled last words"]
+
+
+class Worker:
+    """One worker process's app, as gunicorn would fork it: the bus delivers replies."""
+
+    def __init__(self, config: dict[str, Any], group: object) -> None:
+        self.app = Flask("gateway")
+        self.app.config["NEKOBOT_BUS"] = config
+        if group != "default":
+            self.app.config["NEKOBOT_BUS_GROUP"] = group
+        self.ext = NekobotBus(self.app)
+        self.replies: Counter[str] = Counter()
+        self.ext.bus.register_outbound_handler("telegram", lambda m: self.replies.update([m.content]))
+
+
+@pytest.mark.parametrize(("group", "each_reply_delivered"), [("default", 1), (None, 2)])
+def test_the_workers_of_one_app_deliver_each_reply_once_by_default(
+    redis_server: RedisServer, group: str | None, each_reply_delivered: int
+) -> None:
+    workers = [Worker(redis_config(redis_server), group) for _ in range(2)]
+    try:
+        for worker in workers:
+            worker.ext.start(worker.app)
+        client = redis_server.client()
+        for n in range(40):  # as the Go agent answers: a plain PUBLISH
+            body = encode(Message(channel_id="telegram", content=f"reply {n}"))
+            client.publish("nekobot:bus:outbound:telegram", body)
+        client.close()
+        expected = Counter({f"reply {n}": each_reply_delivered for n in range(40)})
+        deadline = time.monotonic() + WAIT
+        while (
+            sum(sum(w.replies.values()) for w in workers) < expected.total() and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        for worker in workers:
+            assert worker.ext.bus.wait_idle(WAIT)
+        delivered: Counter[str] = Counter()
+        for worker in workers:
+            delivered.update(worker.replies)
+        assert delivered == expected
+    finally:
+        for worker in workers:
+            assert worker.ext.stop(worker.app)

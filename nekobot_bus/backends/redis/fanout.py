@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -63,6 +65,7 @@ from ...errors import (
 )
 from ...message import WILDCARD, Message
 from .base import RedisBase
+from .group import GroupClaims
 from .options import FanoutOptions
 from .subscriber import Subscriptions, covers, read_subscribed
 
@@ -106,6 +109,9 @@ class RedisBus(RedisBase):
         options: FanoutOptions = self._delivery_options
         self.health_check_interval = options.health_check_interval
         self.raise_on_unrouted = options.raise_on_unrouted
+        self.group = options.group
+        for claims in self._claims.values():
+            claims.runner = self._runner
         self._wake_channel = self.keys.wake(uuid.uuid4().hex)
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus
         self._subs = Subscriptions(frozenset({self._wake_channel}))
@@ -117,6 +123,22 @@ class RedisBus(RedisBase):
         self._publishing = False  # True once start() has published what waited
         self._lifecycle_pending = threading.Lock()
         self._last_message_at: float | None = None
+
+    def _gate(self, direction: Direction) -> GroupClaims | None:
+        # Called by the base constructor, before the runner exists; __init__ hands it over.
+        if not hasattr(self, "_claims"):
+            options: FanoutOptions = self._delivery_options
+            member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            keys, group = self.connection.keyspace, options.group
+            self._claims = (
+                {}
+                if group is None
+                else {
+                    d: GroupClaims(keys, d, group=group, member=member, window=options.claim_window)
+                    for d in Direction
+                }
+            )
+        return self._claims.get(direction)
 
     # -- names ------------------------------------------------------------
 

@@ -93,6 +93,10 @@ class Keyspace:
         """The key that remembers *message_id* as handled by *group* (``dedup_window``)."""
         return f"{self.prefix}done:{group}:{message_id}"
 
+    def claim(self, group: str, direction: Direction, message_id: str) -> str:
+        """The key the first member of a fan-out *group* sets to handle *message_id*."""
+        return f"{self.prefix}claim:{group}:{direction.value}:{message_id}"
+
     def wake(self, owner: str) -> str:
         """The channel or stream that wakes the reader of *owner* from its blocking read."""
         return f"{self.prefix}wake:{owner}"

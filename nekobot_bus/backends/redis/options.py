@@ -83,10 +83,18 @@ class FanoutOptions:
 
     :param health_check_interval: seconds of silence after which the reader sends PING.
     :param raise_on_unrouted: make a send that reached no subscriber raise.
+    :param group: processes with the same group share the work: each
+        message is handled by one of them (the first to claim its id in
+        Redis), at most once; ``None``: every process handles every message.
+    :param claim_window: seconds a claim lives in Redis; a member that
+        receives the message later than that (after a backlog that long)
+        handles it again.
     """
 
     health_check_interval: float = _seconds(1.0, 0.05)
     raise_on_unrouted: bool = attrs.field(default=False, validator=flag)
+    group: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
+    claim_window: float = _seconds(300.0, 1.0)
 
 
 @attrs.frozen(kw_only=True)

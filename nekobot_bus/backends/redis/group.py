@@ -1,0 +1,51 @@
+"""One member of a group handles each fan-out message: a claim per message id in Redis.
+
+Every process of a group receives every message on its channels (that is
+pub/sub), so before the handlers run, a worker sets the message's claim key,
+``{prefix}claim:{group}:{direction}:{message_id}``, with ``SET ... NX EX
+claim_window``. The first member to set it handles the message; the others
+count it ``claimed_elsewhere`` and go on. Messages published by a Go agent
+with a plain ``PUBLISH`` are claimed just the same: the claim needs only
+the message id.
+
+At most once per group: a member that dies after its claim and before its
+handlers finished loses the message (the queue delivery is at least once).
+A claim that cannot be set because Redis is away counts the message
+``dropped`` in this member; the others fare no better, so the message is
+lost to the group, and counted. A member whose handlers for the channel
+were unregistered takes no claim, so the message goes to one that has some.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...dispatch import Direction
+from ...message import Message
+from .client import CommandRunner
+from .keyspace import Keyspace
+
+__all__ = ["GroupClaims"]
+
+
+class GroupClaims:
+    """The :class:`~nekobot_bus.settle.Gate` of one direction of a grouped fan-out bus. Thread-safe."""
+
+    def __init__(
+        self, keys: Keyspace, direction: Direction, *, group: str, member: str, window: float
+    ) -> None:
+        #: Set by the bus once it has its runner (after the dispatchers that hold this gate).
+        self.runner: CommandRunner | None = None
+        self._keys = keys
+        self._direction = direction
+        self.group = group
+        self._member = member
+        self._window_ms = max(1, int(window * 1000))
+
+    def admit(self, message: Message, ticket: Any) -> bool:
+        assert self.runner is not None, "the bus hands the gate its runner before it starts"
+        key = self._keys.claim(self.group, self._direction, message.id)
+        [reply] = self.runner.run(
+            [("SET", key, self._member, "NX", "PX", self._window_ms)], f"claiming message {message.id!r}"
+        )
+        return reply is not None
