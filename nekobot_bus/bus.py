@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 from ._options import DispatchOptions
-from .dispatch import Direction, Dispatcher, Handler, HandlerRegistry
+from .dispatch import DEFAULT_INTAKE_BYTES, Direction, Dispatcher, Handler, HandlerRegistry
 from .errors import BusClosedError
 from .message import Message
 from .metrics import Metrics
@@ -40,7 +40,7 @@ class Bus(abc.ABC):
 
     Keyword arguments are the :class:`~nekobot_bus.DispatchOptions`
     (``queue_size``, ``workers``, ``send_timeout``, ``dispatch``,
-    ``intake_bytes``), with the same defaults and rules as in a config.
+    with the same defaults and rules as in a config.
     """
 
     #: The ``bus.type`` whose config builds exactly this class, for a backend
@@ -62,7 +62,6 @@ class Bus(abc.ABC):
         self.workers = options.workers
         self.send_timeout = options.send_timeout
         self.dispatch: DispatchMode = "inline" if options.dispatch == "inline" else "threaded"
-        self.intake_bytes = options.intake_bytes
         self._metrics = Metrics(self.extra_metrics, self.extra_gauges)
         self._registries = {d: HandlerRegistry() for d in Direction}
         self._dispatchers: dict[Direction, Dispatcher[Any]] = {
@@ -76,7 +75,7 @@ class Bus(abc.ABC):
                 thread_prefix=f"nekobot-bus-{self.thread_name}",
                 settler=self._settler(d),
                 gate=self._gate(d),
-                intake_bytes=options.intake_bytes,
+                intake_bytes=self._intake_bytes(),
             )
             for d in Direction
         }
@@ -101,9 +100,11 @@ class Bus(abc.ABC):
             if self._state == _STOPPED:
                 raise BusClosedError(f"{self!r} was stopped and cannot be started again")
             self._start_transport()
+            # Running before the workers start: a handler may already run (a
+            # message sent before start()) and must see a running bus.
+            self._state = _RUNNING
             for dispatcher in self._dispatchers.values():
                 dispatcher.start()
-            self._state = _RUNNING
 
     def stop(self, timeout: float = 10.0, drain: bool = True) -> bool:
         """Stop the bus within *timeout* seconds; calling it again does nothing.
@@ -241,6 +242,10 @@ class Bus(abc.ABC):
     def _settler(self, direction: Direction) -> Settler[Any] | None:
         """What settles the messages of *direction*, for a transport that confirms them."""
         return None
+
+    def _intake_bytes(self) -> int:
+        """The budget of a reader that hands messages over without waiting (the fan-out's)."""
+        return DEFAULT_INTAKE_BYTES
 
     def _gate(self, direction: Direction) -> Gate[Any] | None:
         """What decides whether this process handles a message of *direction* at all, if anything."""

@@ -22,11 +22,16 @@ Building the extension builds the bus but starts nothing: no thread exists
 until the first request of a process (or an explicit :meth:`NekobotBus.start`).
 So the bus runs once per serving process and never in Werkzeug's reloader
 watcher, which serves no request; with ``gunicorn --preload`` each worker
-starts its own after the fork. Handlers may be registered at any time. The
-start is guarded by a lock, so concurrent first requests on Flask's
-threaded server start it once; a bus found started by a parent process
-before a fork raises, since its threads did not survive the fork. The bus
-is stopped (draining what it holds) when the process exits normally.
+starts its own after the fork. The first request does not wait for it: a
+thread of the extension (``nekobot-bus-starter``) starts the bus, and keeps
+trying with a growing pause while its server is away, so a Redis that is
+down delays no request; meanwhile ``/bus/health`` answers 503 with the
+reason, and what requests send waits in the bus (a Redis bus holds up to
+``message_queue_size`` messages for its start, then refuses at once with
+``BusFullError``). Handlers may be registered at any time. One start per
+process, under a lock; a bus found started by a parent process before a
+fork raises, since its threads did not survive the fork. The bus is stopped
+(draining what it holds) when the process exits normally.
 
 Views
 -----
@@ -45,6 +50,7 @@ A blueprint under ``NEKOBOT_BUS_URL_PREFIX`` (default ``/bus``):
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -54,44 +60,113 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from .bus import Bus
 from .config import create_bus, load_config
-from .errors import ConfigError
+from .errors import ConfigError, NekobotBusError
 
 __all__ = ["EXTENSION_KEY", "NekobotBus"]
+
+logger = logging.getLogger("nekobot_bus.flask")
 
 #: Where the extension keeps its state in ``app.extensions``.
 EXTENSION_KEY = "nekobot_bus"
 
 
 class _BusState:
-    """One app's bus, and the process that started it."""
+    """One app's bus, the process that started it, and the thread that keeps trying to.
+
+    A request never waits for the bus to start: the first request of a
+    process starts a thread (``nekobot-bus-starter``) that calls
+    ``bus.start()`` until it succeeds, with a growing pause, so a server
+    that is down delays nobody and the bus comes up by itself when it is
+    back. What a request sends meanwhile waits in the bus (a Redis bus
+    holds up to ``message_queue_size`` messages for its start and then
+    raises ``BusFullError`` at once).
+    """
 
     def __init__(self, bus: Bus, stop_timeout: float) -> None:
         self.bus = bus
         self.stop_timeout = stop_timeout
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # quick checks only: requests take it
+        self._start_lock = threading.Lock()  # held across bus.start(): never by a request
         self._started_in: int | None = None
+        self._starter: threading.Thread | None = None
+        self._exit_hook = False
+        self._attempting = False  # the starter is trying (not waiting between tries)
+        self._stopping = threading.Event()
+        #: Why the last start failed, for the health view; ``None`` once started.
+        self.start_error: str | None = None
 
     def ensure_started(self) -> None:
+        """Start the bus in the background, once per process; never waits for it."""
         pid = os.getpid()
         if self._started_in == pid:  # every request after the first: no lock
             return
         with self._lock:
-            if self._started_in == pid:
+            self._refuse_a_forked_bus(pid)
+            if self._started_in == pid or (self._starter is not None and self._starter.is_alive()):
                 return
-            if self._started_in is not None:
-                raise RuntimeError(
-                    f"the nekobot bus was started in process {self._started_in} before it forked into "
-                    f"{pid}; its threads did not survive the fork. Let the extension start it on the "
-                    "first request of each process, or call start() after the fork."
-                )
-            self.bus.start()
-            self._started_in = pid
+            starter = threading.Thread(target=self._keep_starting, name="nekobot-bus-starter", daemon=True)
+            self._starter = starter
+            self._attempting = True
+            self._stop_at_exit()
+            starter.start()
+
+    def start_now(self) -> None:
+        """Start the bus in this thread (raising what ``start()`` raises), once per process."""
+        with self._start_lock:
+            pid = os.getpid()
+            self._refuse_a_forked_bus(pid)
+            if self._started_in != pid:
+                self._stop_at_exit()
+                self._start(pid)
+
+    def _refuse_a_forked_bus(self, pid: int) -> None:
+        if self._started_in is not None and self._started_in != pid:
+            raise RuntimeError(
+                f"the nekobot bus was started in process {self._started_in} before it forked into "
+                f"{pid}; its threads did not survive the fork. Let the extension start it on the "
+                "first request of each process, or call start() after the fork."
+            )
+
+    def _start(self, pid: int) -> None:
+        self.bus.start()
+        self._started_in = pid
+        self.start_error = None
+
+    def _stop_at_exit(self) -> None:
+        if not self._exit_hook:
+            self._exit_hook = True
             atexit.register(self.stop)
 
+    def _keep_starting(self) -> None:
+        pause = 0.5
+        while not self._stopping.is_set():
+            try:
+                with self._start_lock:
+                    if self._started_in == os.getpid() or self._stopping.is_set():
+                        return
+                    self._start(os.getpid())
+                return
+            except NekobotBusError as exc:
+                self.start_error = str(exc)
+                logger.warning("the nekobot bus could not start (%s); trying again in %.1f s", exc, pause)
+            self._attempting = False
+            if self._stopping.wait(pause):
+                return
+            self._attempting = True
+            pause = min(pause * 2, 30.0)
+
     def stop(self) -> bool:
-        if self._started_in != os.getpid():
-            return True
-        return self.bus.stop(timeout=self.stop_timeout)
+        starter = self._starter
+        if starter is not None and self._attempting:
+            starter.join(self.stop_timeout / 2)  # a start under way finishes: what it took is drained
+        self._stopping.set()
+        if starter is not None:
+            starter.join(self.stop_timeout / 4)
+        if self._started_in not in (None, os.getpid()):
+            return True  # a parent's bus: its threads are not in this process
+        # Also when no start succeeded: a late one then raises, and what was sent is counted dropped.
+        stopped = self.bus.stop(timeout=self.stop_timeout / 4)
+        return stopped and not (starter is not None and starter.is_alive())
 
 
 class NekobotBus:
@@ -146,9 +221,12 @@ class NekobotBus:
         return self._state().bus
 
     def start(self, app: Flask | None = None) -> Bus:
-        """Start the bus now, in this process, instead of on the first request."""
+        """Start the bus now, in this process and this thread, instead of on the first request.
+
+        :raises BusConnectionError: the bus's server could not be reached.
+        """
         state = self._state(app)
-        state.ensure_started()
+        state.start_now()
         return state.bus
 
     def stop(self, app: Flask | None = None) -> bool:
@@ -181,11 +259,13 @@ def _views() -> Blueprint:
 
 
 def _health() -> tuple[Response, int]:
-    bus = _state().bus
+    state = _state()
+    bus = state.bus
     health = bus.health()
     ok = bus.running and bool(health.get("connected"))
     body = {
         "status": "ok" if ok else "unavailable",
+        "reason": None if ok else state.start_error or ("stopped" if not bus.running else "not connected"),
         "backend": type(bus).__name__,
         "running": bus.running,
         "health": health,
@@ -204,7 +284,7 @@ def _metrics() -> Response | tuple[Response, int]:
         return jsonify(metrics), 200
     families: dict[str, Any] = {}
     for key, value in metrics.items():
-        if key in ("no_handler", "dropped"):
+        if key in ("no_handler", "dropped", "claimed_elsewhere"):
             continue  # sums of the per-direction counters, which Prometheus adds up itself
         name, _, suffix = key.rpartition("_")
         labelled = suffix in ("in", "out")

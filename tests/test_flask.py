@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,10 +79,14 @@ def test_the_bus_starts_on_the_first_request_and_only_once(gateway: Gateway) -> 
     assert not gateway.ext.bus.running
     client = gateway.app.test_client()
     assert client.post("/webhook", json={"chat": 1, "text": "hi"}).status_code == 204
+    deadline = time.monotonic() + WAIT
+    while "nekobot-bus-starter" in bus_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gateway.ext.bus.health()["connected"]
     threads = bus_threads()
-    assert threads
+    assert "nekobot-bus-local-inbound-0" in threads
     assert client.post("/webhook", json={"chat": 1, "text": "again"}).status_code == 204
-    assert bus_threads() == threads
+    assert sorted(bus_threads()) == sorted(threads)
     assert gateway.wait_for_replies(2)
     assert gateway.replies == Counter({"echo hi": 1, "echo again": 1})
 
@@ -274,3 +279,30 @@ def test_the_workers_of_one_app_deliver_each_reply_once_by_default(
     finally:
         for worker in workers:
             assert worker.ext.stop(worker.app)
+
+
+def test_with_redis_away_requests_do_not_wait_and_the_bus_comes_up_by_itself(
+    tmp_path: Path, buses: list[Any]
+) -> None:
+    server = RedisServer(tmp_path)  # not started yet
+    config = redis_config(server, send_timeout=2.0, socket_connect_timeout=0.2)
+    made = Gateway(config)
+    client = made.app.test_client()
+    try:
+        started = time.monotonic()
+        assert client.post("/webhook", json={"chat": 9, "text": "early"}).status_code == 204
+        health = client.get("/bus/health")
+        assert time.monotonic() - started < 1.0, "a request waited for the bus to start"
+        assert health.status_code == 503
+        time.sleep(2.5)  # one failed start: past send_timeout
+        health = client.get("/bus/health")
+        assert health.status_code == 503
+        assert health.json is not None
+        assert "could not subscribe" in str(health.json["reason"])
+        server.start()
+        assert made.wait_for_replies(1), "the message sent while Redis was away never got its reply"
+        assert made.replies == Counter({"echo early": 1})
+        assert client.get("/bus/health").status_code == 200
+    finally:
+        assert made.ext.stop()
+        server.stop()
