@@ -167,8 +167,6 @@ class DispatchOptions:
         for its server, before it raises; ``None`` waits forever.
     :param dispatch: ``"threaded"`` runs handlers on worker threads;
         ``"inline"`` runs them in the sending thread (the local bus only).
-    :param intake_bytes: what a remote bus's reader may hold in memory for
-        busy workers, in bytes, before it drops (and counts) a message.
     """
 
     queue_size: int = attrs.field(default=100, validator=integer(1))
@@ -177,10 +175,9 @@ class DispatchOptions:
         default=5.0, converter=_to_float, validator=seconds(optional=True)
     )
     dispatch: str = attrs.field(default="threaded", validator=one_of("threaded", "inline"))
-    intake_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=integer(1))
 
     #: The keys of the ``bus`` section these options take (``queue_size`` comes from ``gateway``).
-    BUS_KEYS = ("workers", "send_timeout", "dispatch", "intake_bytes")
+    BUS_KEYS = ("workers", "send_timeout", "dispatch")
 
 
 def section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -427,6 +427,11 @@ class Dispatcher(Generic[T]):
     def _retry_due(self, q: WorkQueue[T], aside: Aside[T]) -> None:
         """Run each retry whose time has come; then the messages its session held back, in order."""
         for parked in aside.pop_due():
+            if self._discarding.is_set():  # stop(drain=False): no handler runs any more
+                q.held_back -= len(parked.backlog)
+                for item in (parked.item, *parked.backlog):
+                    self._drop(item, "the bus stopped without draining", logging.DEBUG)
+                continue
             runs = parked.runs + 1
             failures = self.run_handlers(parked.item.message, cast("tuple[Handler, ...]", parked.handlers))
             self._settle(parked.item, aside, True, failures, runs)
@@ -450,8 +455,10 @@ class Dispatcher(Generic[T]):
                 thread.start()
             return
         with self._start_lock:
-            for item in self._queues[0].take_all():
-                self._deliver(item, None)
+            # Until empty: a handler of the backlog may send more in this direction.
+            while backlog := self._queues[0].take_all():
+                for item in backlog:
+                    self._deliver(item, None)
             self._live = True
 
     def stop(self, deadline: float, *, drain: bool) -> list[threading.Thread]:

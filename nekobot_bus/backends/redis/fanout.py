@@ -124,6 +124,10 @@ class RedisBus(RedisBase):
         self._lifecycle_pending = threading.Lock()
         self._last_message_at: float | None = None
 
+    def _intake_bytes(self) -> int:
+        options: FanoutOptions = self._delivery_options
+        return options.intake_bytes
+
     def _gate(self, direction: Direction) -> GroupClaims | None:
         # Called by the base constructor, before the runner exists; __init__ hands it over.
         if not hasattr(self, "_claims"):
@@ -177,22 +181,37 @@ class RedisBus(RedisBase):
         )
         self._reader = reader
         reader.start()
-        _, generation = self._subs.current()
+        wanted, _ = self._subs.current()
+        generation = self._subs.want(set(wanted))  # a new generation: this reader's own confirmation
         timeout = self.send_timeout if self.send_timeout is not None else 30.0
         if not self._subs.wait(generation, timeout):
-            self._stopping.set()
-            self._link.interrupt()
-            # Bounded: a connect attempt, then the read timeout or the reconnect wait sees _stopping.
-            reader.join(self.connection.socket_connect_timeout + self.connection.socket_timeout + 1.0)
-            self._stopping.clear()  # start() may be tried again; what waits in _pending stays
+            self._abandon_start(reader)
             raise BusConnectionError(f"could not subscribe on Redis at {self.address} within {timeout} s")
         with self._lifecycle_pending:
             pending, self._pending = self._pending, []
-            for direction in Direction:
-                batch = [m for d, m in pending if d is direction]
-                if batch:
-                    self._publish_batch(direction, batch)
+            try:
+                for direction in Direction:
+                    batch = [m for d, m in pending if d is direction]
+                    if batch:
+                        self._publish_batch(direction, batch)
+                        pending = [(d, m) for d, m in pending if d is not direction]
+            except BusConnectionError:
+                self._pending = pending + self._pending  # not published: they wait for the next start()
+                self._abandon_start(reader)
+                raise
             self._publishing = True
+
+    def _abandon_start(self, reader: threading.Thread) -> None:
+        """Stop the reader of a start() that failed, so that start() may be tried again."""
+        self._stopping.set()
+        self._link.interrupt()
+        # Bounded: a connect attempt, then the read timeout or the reconnect wait sees _stopping.
+        reader.join(self.connection.socket_connect_timeout + self.connection.socket_timeout + 1.0)
+        if reader.is_alive():
+            raise BusConnectionError(
+                f"the reader of Redis at {self.address} did not stop; the bus is unusable"
+            )
+        self._stopping.clear()
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         if drain and self._reader is not None and self._reader.is_alive():

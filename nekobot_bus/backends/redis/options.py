@@ -28,6 +28,7 @@ from ..._options import (
     structure,
     text,
 )
+from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
 from .keyspace import DEFAULT_PREFIX, Keyspace
 
@@ -89,12 +90,15 @@ class FanoutOptions:
     :param claim_window: seconds a claim lives in Redis; a member that
         receives the message later than that (after a backlog that long)
         handles it again.
+    :param intake_bytes: what the reader may hold in memory for busy workers
+        (payload plus 512 bytes a message) before it drops, and counts, one.
     """
 
     health_check_interval: float = _seconds(1.0, 0.05)
     raise_on_unrouted: bool = attrs.field(default=False, validator=flag)
     group: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
     claim_window: float = _seconds(300.0, 1.0)
+    intake_bytes: int = attrs.field(default=DEFAULT_INTAKE_BYTES, validator=integer(1))
 
 
 @attrs.frozen(kw_only=True)

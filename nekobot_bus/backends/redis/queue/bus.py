@@ -244,13 +244,26 @@ class RedisStreamBus(RedisBase):
     def _start_transport(self) -> None:
         # Fail fast, as the fan-out does, when Redis is not there at all.
         self._runner.run([("PING",)], "connecting")
-        self._reader_thread = threading.Thread(
+        reader = threading.Thread(
             target=self._link.run,
             args=(self._streams.read,),
             name="nekobot-bus-redis-queue-reader",
             daemon=True,
         )
-        self._reader_thread.start()
+        self._reader_thread = reader
+        generation = self._subs.want(set())
+        reader.start()
+        # Running means reading: the reader has made its groups and takes entries.
+        timeout = self.send_timeout if self.send_timeout is not None else 30.0
+        if not self._subs.wait(generation, timeout):
+            self._stopping.set()
+            self._link.interrupt()
+            reader.join(self._reader_socket_timeout() + self.connection.socket_connect_timeout + 1.0)
+            if not reader.is_alive():
+                self._stopping.clear()  # start() may be tried again
+            raise BusConnectionError(
+                f"the reader could not start on Redis at {self.address} within {timeout} s"
+            )
         self._acker.start()
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
@@ -266,8 +279,10 @@ class RedisStreamBus(RedisBase):
         alive = self._acker.stop(deadline)
         if not alive:
             self._leave_group()
-        for leases in self._streams.leases.values():
-            leases.release_all()
+        reader_alive = self._reader_thread is not None and self._reader_thread.is_alive()
+        if not reader_alive:  # else the reader may still use them, and its workers their shards
+            for leases in self._streams.leases.values():
+                leases.release_all()
         self._client.close()
         self._link.close()
         return alive

@@ -167,13 +167,15 @@ class StreamReader:
         if missing:
             self._create_groups(conn, missing)
             plan.grouped.update(missing)
+        # The streams are read from here on (before taking over leftovers, which
+        # may wait for workers that start only once start() has returned).
+        self._subs.confirm(plan.generation)
         if options.shards:
             plan.taken_over &= set(plan.streams)
             for stream in plan.streams:
                 if stream not in plan.taken_over:
                     self._take_over(conn, stream)
                     plan.taken_over.add(stream)
-        self._subs.confirm(plan.generation)
         if now >= plan.claim_at:
             self.renew_held()
             self._claim(conn, plan.streams)
