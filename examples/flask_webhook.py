@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 from typing import Any
 
@@ -46,7 +47,9 @@ def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True)
             delivered.append(
                 {"chat_id": message.session_id, "text": message.content, "reply_to": message.reply_to}
             )
-        print(f"to chat {message.session_id}: {message.content}", flush=True)
+        # One write per line: the workers of a server share this stdout.
+        sys.stdout.write(f"to chat {message.session_id}: {message.content}\n")
+        sys.stdout.flush()
 
     nekobot.bus.register_outbound_handler("telegram", deliver)
     if with_agent:
