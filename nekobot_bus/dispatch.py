@@ -126,15 +126,10 @@ class Dispatcher(Generic[T]):
         self._queues: list[WorkQueue[T]] = [
             WorkQueue(queue_size, metrics, self._accepted_key, self._took) for _ in range(count)
         ]
-        self._threads = [
-            threading.Thread(
-                target=self._work,
-                args=(q,),
-                name=f"{thread_prefix}-{direction.value}-{n}",
-                daemon=True,  # a handler stuck forever must not hang interpreter exit
-            )
-            for n, q in enumerate(self._queues)
-        ]
+        self._thread_prefix = thread_prefix
+        # Made by start(), not here: a Thread object made before a fork (an app
+        # built in gunicorn's --preload parent) cannot start in the child on 3.13.
+        self._threads: list[threading.Thread] = []
         self._live = False  # inline only: True once start() has handled the backlog
         self._start_lock = threading.RLock()
         # Set by stop(): no handler runs any more; what is left is counted dropped.
@@ -451,6 +446,15 @@ class Dispatcher(Generic[T]):
             return
         self._started = True
         if not self._inline:
+            self._threads = [
+                threading.Thread(
+                    target=self._work,
+                    args=(q,),
+                    name=f"{self._thread_prefix}-{self.direction.value}-{n}",
+                    daemon=True,  # a handler stuck forever must not hang interpreter exit
+                )
+                for n, q in enumerate(self._queues)
+            ]
             for thread in self._threads:
                 thread.start()
             return

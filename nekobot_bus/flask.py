@@ -27,7 +27,7 @@ thread of the extension (``nekobot-bus-starter``) starts the bus, and keeps
 trying with a growing pause while its server is away, so a Redis that is
 down delays no request; meanwhile ``/bus/health`` answers 503 with the
 reason, and what requests send waits in the bus (a Redis bus holds up to
-``message_queue_size`` messages for its start, then refuses at once with
+``message_queue_size`` x ``workers`` messages for its start, then refuses at once with
 ``BusFullError``). Handlers may be registered at any time. One start per
 process, under a lock; a bus found started by a parent process before a
 fork raises, since its threads did not survive the fork. The bus is stopped
@@ -78,7 +78,7 @@ class _BusState:
     ``bus.start()`` until it succeeds, with a growing pause, so a server
     that is down delays nobody and the bus comes up by itself when it is
     back. What a request sends meanwhile waits in the bus (a Redis bus
-    holds up to ``message_queue_size`` messages for its start and then
+    holds up to ``message_queue_size`` x ``workers`` messages for its start and then
     raises ``BusFullError`` at once).
     """
 

@@ -92,11 +92,12 @@ def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[
     finally:
         if server.poll() is None:
             server.terminate()
+        if server.stdout is not None and not server.stdout.closed:  # a test that failed half way
             try:
-                server.wait(20)
+                server.communicate(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
-                server.wait()
+                server.communicate()
 
 
 def post_all(port: int) -> None:

@@ -249,11 +249,11 @@ class RedisBus(RedisBase):
     def _hold_until_started(self, direction: Direction, message: Message) -> None:
         # Published by start() once subscribed, so the bus's own handlers see
         # them, as on the local bus.
-        if len(self._pending) >= self.queue_size:
+        # As many as the workers' queues hold, as on the local bus before start().
+        limit = self.queue_size * self.workers
+        if len(self._pending) >= limit:
             self._metrics.incr("send_timeouts")
-            raise BusFullError(
-                f"{self.queue_size} messages already wait for start(); {message.id!r} was not sent"
-            )
+            raise BusFullError(f"{limit} messages already wait for start(); {message.id!r} was not sent")
         self._pending.append((direction, message))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
