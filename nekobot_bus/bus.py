@@ -64,6 +64,7 @@ class Bus(abc.ABC):
         self.dispatch: DispatchMode = "inline" if options.dispatch == "inline" else "threaded"
         self._metrics = Metrics(self.extra_metrics, self.extra_gauges)
         self._registries = {d: HandlerRegistry() for d in Direction}
+        self._prepare_transport()
         self._dispatchers: dict[Direction, Dispatcher[Any]] = {
             d: Dispatcher(
                 d,
@@ -185,7 +186,7 @@ class Bus(abc.ABC):
         :raises BusFullError: no room within ``send_timeout``.
         :raises BusClosedError: the bus was stopped.
         """
-        self._send(Direction.INBOUND, _checked(message))
+        self._send(Direction.INBOUND, as_message(message))
 
     def send_outbound(self, message: Message) -> None:
         """Send *message* from the agent towards its channel.
@@ -193,7 +194,7 @@ class Bus(abc.ABC):
         :raises BusFullError: no room within ``send_timeout``.
         :raises BusClosedError: the bus was stopped.
         """
-        self._send(Direction.OUTBOUND, _checked(message))
+        self._send(Direction.OUTBOUND, as_message(message))
 
     # -- observing --------------------------------------------------------
 
@@ -227,6 +228,10 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def _send(self, direction: Direction, message: Message) -> None:
         """Move *message* towards the dispatcher of *direction*, or raise."""
+
+    def _prepare_transport(self) -> None:  # noqa: B027 - optional hook
+        """Build what the transport needs, its settler and gate included; called by the
+        constructor once the options and metrics exist, before the dispatchers."""
 
     def _start_transport(self) -> None:  # noqa: B027 - optional hook
         """Connect; called by :meth:`start` before the workers start."""
@@ -263,7 +268,8 @@ class Bus(abc.ABC):
         """
 
 
-def _checked(message: object) -> Message:
+def as_message(message: object) -> Message:
+    """*message*, if it is a :class:`Message`; else a ``TypeError`` naming what it is."""
     if not isinstance(message, Message):
         raise TypeError(f"expected a nekobot_bus.Message, not {type(message).__name__}")
     return message

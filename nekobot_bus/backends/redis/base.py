@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
 import redis
 
-from ...bus import Bus
-from ...errors import ConfigError
+from ...bus import Bus, as_message
+from ...dispatch import Direction
+from ...errors import BusClosedError, ConfigError
+from ...message import Message
 from .client import CommandRunner, client_options, make_client, redact
 from .options import DEFAULT_URL, ConnectionOptions, RedisConfig, read_config
 from .reader_link import ReaderLink
@@ -47,16 +49,20 @@ class RedisBase(Bus):
         mine = {field.name for field in attrs.fields(self.delivery_options)}
         self.connection = ConnectionOptions(**{k: v for k, v in options.items() if k in own})
         self._delivery_options = self.delivery_options(**{k: v for k, v in options.items() if k in mine})
+        self._url, self._redis_options = url, redis_options
         super().__init__(**{k: v for k, v in options.items() if k not in own | mine})
         if self.dispatch != "threaded":
             raise ConfigError("dispatch 'inline' is for the local bus; the Redis reader never runs handlers")
+
+    def _prepare_transport(self) -> None:
+        url = self._url
         self.keys = self.connection.keyspace
         self.prefix = self.keys.prefix
         self.address = redact(url)
         self.max_message_size = self.connection.max_message_size
         self.health_check_timeout = self.connection.health_check_timeout
         common = client_options(
-            redis_options,
+            self._redis_options,
             socket_timeout=self.connection.socket_timeout,
             socket_connect_timeout=self.connection.socket_connect_timeout,
         )
@@ -72,6 +78,24 @@ class RedisBase(Bus):
             metrics=self._metrics,
             stopping=self._stopping,
         )
+
+    def _batch(
+        self, direction: Direction | str, messages: Iterable[object]
+    ) -> tuple[Direction, list[Message]]:
+        """What ``send_many`` was given, checked: the direction (or its name) and the messages.
+
+        :raises TypeError: naming what is not a direction or not a message.
+        :raises BusClosedError: the bus was stopped.
+        """
+        try:
+            way = Direction(direction)
+        except ValueError:
+            raise TypeError(
+                f"direction must be a Direction, 'inbound' or 'outbound', not {direction!r}"
+            ) from None
+        if self._stopping.is_set():
+            raise BusClosedError("the bus is stopped; nothing was sent")
+        return way, [as_message(m) for m in messages]
 
     def _reader_socket_timeout(self) -> float:
         """The reader connection's socket timeout: a read is never left waiting longer."""

@@ -57,7 +57,6 @@ from ... import codec
 from ..._threads import join_all
 from ...dispatch import Direction
 from ...errors import (
-    BusClosedError,
     BusConnectionError,
     BusFullError,
     MessageDecodeError,
@@ -110,8 +109,6 @@ class RedisBus(RedisBase):
         self.health_check_interval = options.health_check_interval
         self.raise_on_unrouted = options.raise_on_unrouted
         self.group = options.group
-        for claims in self._claims.values():
-            claims.runner = self._runner
         self._wake_channel = self.keys.wake(uuid.uuid4().hex)
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus
         self._subs = Subscriptions(frozenset({self._wake_channel}))
@@ -128,20 +125,21 @@ class RedisBus(RedisBase):
         options: FanoutOptions = self._delivery_options
         return options.intake_bytes
 
+    def _prepare_transport(self) -> None:
+        super()._prepare_transport()
+        options: FanoutOptions = self._delivery_options
+        group, window = options.group, options.claim_window
+        member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._claims = (
+            {}
+            if group is None
+            else {
+                d: GroupClaims(self._runner, self.keys, d, group=group, member=member, window=window)
+                for d in Direction
+            }
+        )
+
     def _gate(self, direction: Direction) -> GroupClaims | None:
-        # Called by the base constructor, before the runner exists; __init__ hands it over.
-        if not hasattr(self, "_claims"):
-            options: FanoutOptions = self._delivery_options
-            member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-            keys, group = self.connection.keyspace, options.group
-            self._claims = (
-                {}
-                if group is None
-                else {
-                    d: GroupClaims(keys, d, group=group, member=member, window=options.claim_window)
-                    for d in Direction
-                }
-            )
         return self._claims.get(direction)
 
     # -- names ------------------------------------------------------------
@@ -264,15 +262,12 @@ class RedisBus(RedisBase):
             seconds, or the connection broke after the batch was written (then
             some messages may have been published).
         """
-        way = _direction(direction)
-        if self._stopping.is_set():
-            raise BusClosedError("the bus is stopped; nothing was sent")
-        self._publish_batch(way, list(messages))
+        self._publish_batch(*self._batch(direction, messages))
 
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
         if not batch:
             return
-        channels = [self.channel_name(direction, _message(m).channel_id) for m in batch]
+        channels = [self.channel_name(direction, m.channel_id) for m in batch]
         payloads = [codec.encode(m, max_size=self.max_message_size) for m in batch]
         # Noted before publishing: our own reader may read it back before
         # PUBLISH even returns.
@@ -385,18 +380,3 @@ class RedisBus(RedisBase):
             "reconnects": self._metrics.snapshot()["reconnects"],
             "address": self.address,
         }
-
-
-def _direction(direction: Direction | str) -> Direction:
-    try:
-        return Direction(direction)
-    except ValueError:
-        raise TypeError(
-            f"direction must be a Direction, 'inbound' or 'outbound', not {direction!r}"
-        ) from None
-
-
-def _message(message: object) -> Message:
-    if not isinstance(message, Message):
-        raise TypeError(f"expected a nekobot_bus.Message, not {type(message).__name__}")
-    return message

@@ -32,10 +32,16 @@ class GroupClaims:
     """The :class:`~nekobot_bus.settle.Gate` of one direction of a grouped fan-out bus. Thread-safe."""
 
     def __init__(
-        self, keys: Keyspace, direction: Direction, *, group: str, member: str, window: float
+        self,
+        runner: CommandRunner,
+        keys: Keyspace,
+        direction: Direction,
+        *,
+        group: str,
+        member: str,
+        window: float,
     ) -> None:
-        #: Set by the bus once it has its runner (after the dispatchers that hold this gate).
-        self.runner: CommandRunner | None = None
+        self._runner = runner
         self._keys = keys
         self._direction = direction
         self.group = group
@@ -43,9 +49,8 @@ class GroupClaims:
         self._window_ms = max(1, int(window * 1000))
 
     def admit(self, message: Message, ticket: Any) -> bool:
-        assert self.runner is not None, "the bus hands the gate its runner before it starts"
         key = self._keys.claim(self.group, self._direction, message.id)
-        [reply] = self.runner.run(
+        [reply] = self._runner.run(
             [("SET", key, self._member, "NX", "PX", self._window_ms)], f"claiming message {message.id!r}"
         )
         return reply is not None

@@ -79,10 +79,9 @@ from typing import Any
 from .... import codec
 from ...._threads import join_all
 from ....dispatch import Direction
-from ....errors import BusClosedError, BusConnectionError, BusReplyError
+from ....errors import BusConnectionError, BusReplyError
 from ....settle import Settler
 from ..base import RedisBase
-from ..fanout import _direction, _message
 from ..keyspace import shard_of
 from ..options import QueueOptions
 from ..subscriber import Subscriptions
@@ -144,6 +143,25 @@ class RedisStreamBus(RedisBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._streams = StreamReader(
+            keys=self.keys,
+            runner=self._runner,
+            options=self._delivery_options,
+            consumer=self.consumer,
+            max_message_size=self.max_message_size,
+            registries=self._registries,
+            dispatchers=self._dispatchers,
+            ledger=self._ledger,
+            acker=self._acker,
+            metrics=self._metrics,
+            stopping=self._stopping,
+            subscriptions=self._subs,
+        )
+        self._reader_thread: threading.Thread | None = None
+        self._progress = GroupProgress(self._runner, self._streams, self.group, self._acker.settled)
+
+    def _prepare_transport(self) -> None:
+        super()._prepare_transport()
         options: QueueOptions = self._delivery_options
         self.group = options.group
         self.consumer = options.consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -166,35 +184,15 @@ class RedisStreamBus(RedisBase):
             max_len=self.max_len,
             group_lost=self._groups_lost,
         )
-        self._stream_settler.acker = self._acker
-        self._streams = StreamReader(
-            keys=self.keys,
-            runner=self._runner,
-            options=options,
-            consumer=self.consumer,
-            max_message_size=self.max_message_size,
-            registries=self._registries,
-            dispatchers=self._dispatchers,
-            ledger=self._ledger,
-            acker=self._acker,
-            metrics=self._metrics,
-            stopping=self._stopping,
-            subscriptions=self._subs,
+        self._stream_settler = StreamSettler(
+            self._acker,
+            self._metrics,
+            max_deliveries=self.max_deliveries,
+            retry_backoff=self.retry_backoff,
+            dedup_window=self.dedup_window,
         )
-        self._reader_thread: threading.Thread | None = None
-        self._progress = GroupProgress(self._runner, self._streams, self.group, self._acker.settled)
 
     def _settler(self, direction: Direction) -> Settler[Entry]:
-        # Called by the base constructor, before the runner and the acker exist;
-        # __init__ hands the settler its acker.
-        if not hasattr(self, "_stream_settler"):
-            options: QueueOptions = self._delivery_options
-            self._stream_settler = StreamSettler(
-                self._metrics,
-                max_deliveries=options.max_deliveries,
-                retry_backoff=options.retry_backoff,
-                dedup_window=options.dedup_window,
-            )
         return self._stream_settler
 
     def _groups_lost(self) -> None:
@@ -319,10 +317,7 @@ class RedisStreamBus(RedisBase):
             seconds, or the connection broke after the batch was written (then
             some messages may have been stored).
         """
-        way = _direction(direction)
-        if self._stopping.is_set():
-            raise BusClosedError("the bus is stopped; nothing was sent")
-        batch = [_message(m) for m in messages]
+        way, batch = self._batch(direction, messages)
         if not batch:
             return
         commands: list[tuple[Any, ...]] = []

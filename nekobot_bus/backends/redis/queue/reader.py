@@ -407,18 +407,17 @@ class StreamReader:
         for message, entry in ready:
             if not self._ledger.hold(entry):
                 continue
+            taken = False
             try:
-                while not dispatcher.put_waiting(message, entry, 0.05):
+                while not (taken := dispatcher.put_waiting(message, entry, 0.05)):
                     if self._stopping.is_set():
-                        # This and the rest stay pending in Redis, for the group to claim.
-                        self._ledger.release(entry)
-                        return
+                        return  # this and the rest stay pending in Redis, for the group to claim
                     if time.monotonic() - renewed > self._options.claim_idle / 4:
                         self.renew_held()
                         renewed = time.monotonic()
-            except BaseException:
-                self._ledger.release(entry)
-                raise
+            finally:
+                if not taken:  # stopping, or Redis failed while renewing: not in the workers' hands
+                    self._ledger.release(entry)
 
     def _to_acker(self, entry: Entry, outcome: DeadLetter | Acknowledge) -> None:
         """Hand *entry* to the acker, which releases it from the ledger once Redis answered."""

@@ -34,10 +34,15 @@ class StreamSettler:
     """Settles stream entries for one bus. Thread-safe (it keeps no state of its own)."""
 
     def __init__(
-        self, metrics: Metrics, *, max_deliveries: int, retry_backoff: float, dedup_window: float
+        self,
+        acker: Acker,
+        metrics: Metrics,
+        *,
+        max_deliveries: int,
+        retry_backoff: float,
+        dedup_window: float,
     ) -> None:
-        #: Set by the bus once it has built the acker (after the dispatchers that hold this settler).
-        self.acker: Acker | None = None
+        self._acker = acker
         self._metrics = metrics
         self.max_deliveries = max_deliveries
         self.retry_backoff = retry_backoff
@@ -59,5 +64,4 @@ class StreamSettler:
     def carry_out(self, message: Message, ticket: Entry, outcome: Outcome) -> None:
         if isinstance(outcome, Acknowledge) and self.dedup_window:
             ticket.done_id = message.id
-        assert self.acker is not None, "the bus hands the settler its acker before it starts"
-        self.acker.put(ticket, outcome)
+        self._acker.put(ticket, outcome)
