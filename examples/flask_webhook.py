@@ -12,9 +12,17 @@ then POST an update the way Telegram does::
 
 The view turns the update into ``send_inbound``; an echo agent answers; the
 outbound handler "delivers" each reply (here: prints it and keeps it for
-``GET /telegram/sent``). ``GET /bus/health`` and ``GET /bus/metrics`` come
-with the extension. Set ``NEKOBOT_BUS`` to a config (JSON) to run the same
-app on Redis, with the agent in another process.
+``GET /telegram/sent``). The extension's views, ``GET /bus/health`` and
+``GET /bus/metrics``, are mounted for requests from this machine only. Set
+``NEKOBOT_BUS`` to a config (JSON) to run the same app on Redis, with the
+agent in another process, under gunicorn with several workers::
+
+    NEKOBOT_BUS='{"bus": {"type": "redis", "redis_addr": "localhost:6379"}}' \
+        gunicorn -c gunicorn.conf.py -w 3 --threads 4 --preload \
+        'flask_webhook:create_app(with_agent=False)'
+
+(from ``examples/``): each worker starts its bus after the fork, and the
+workers share one fan-out group, so each reply is delivered once.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ import sys
 import threading
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, abort, jsonify, request
 
-from nekobot_bus import Message
+from nekobot_bus import Message, NekobotBusError
 from nekobot_bus.flask import NekobotBus
+
+LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True) -> Flask:
@@ -38,6 +48,14 @@ def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True)
         os.environ.get("NEKOBOT_BUS", '{"bus": {"type": "local"}}')
     )
     nekobot = NekobotBus(app)
+    views = nekobot.blueprint()  # addresses and counters: not for the whole internet
+
+    @views.before_request
+    def from_this_machine_only() -> None:
+        if request.remote_addr not in LOOPBACK:
+            abort(403)
+
+    app.register_blueprint(views, url_prefix="/bus")
     delivered: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -66,16 +84,19 @@ def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True)
         if "text" not in incoming or "chat" not in incoming:
             return "not a text message", 400
         sender = incoming.get("from") or {}
-        nekobot.bus.send_inbound(
-            Message(
-                id=f"telegram-{update.get('update_id')}",  # Telegram's id: a retried webhook is recognisable
-                channel_id="telegram",
-                session_id=str(incoming["chat"]["id"]),
-                user_id=str(sender.get("id", "")),
-                username=str(sender.get("username", "")),
-                content=str(incoming["text"]),
-            )
+        message = Message(
+            id=f"telegram-{update.get('update_id')}",  # Telegram's id: a retried webhook is recognisable
+            channel_id="telegram",
+            session_id=str(incoming["chat"]["id"]),
+            user_id=str(sender.get("id", "")),
+            username=str(sender.get("username", "")),
+            content=str(incoming["text"]),
         )
+        try:
+            nekobot.bus.send_inbound(message)
+        except NekobotBusError as exc:  # Redis away, or the bus full: Telegram sends the update again
+            app.logger.warning("update %s not taken: %s", update.get("update_id"), exc)
+            return "bus unavailable, try again", 503
         return "", 204
 
     @app.get("/telegram/sent")

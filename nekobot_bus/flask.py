@@ -18,17 +18,24 @@
 When the bus starts
 -------------------
 
-Building the extension builds the bus but starts nothing: no thread exists
-until the first request of a process (or an explicit :meth:`NekobotBus.start`).
-So the bus runs once per serving process and never in Werkzeug's reloader
-watcher, which serves no request; with ``gunicorn --preload`` each worker
-starts its own after the fork. The first request does not wait for it: a
-thread of the extension (``nekobot-bus-starter``) starts the bus, and keeps
-trying with a growing pause while its server is away, so a Redis that is
-down delays no request; meanwhile ``/bus/health`` answers 503 with the
-reason, and what requests send waits in the bus (a Redis bus holds up to
-``message_queue_size`` x ``workers`` messages for its start, then refuses at once with
-``BusFullError``). Handlers may be registered at any time. One start per
+Building the extension builds the bus but starts nothing, so a process that
+serves nothing (Werkzeug's reloader watcher, gunicorn's master with
+``--preload``) never runs one. Each serving process starts its own, in a
+thread of the extension (``nekobot-bus-starter``) that keeps trying with a
+growing pause while its server is away, so no request waits for it:
+
+- under gunicorn, call :func:`start_in_background` from the
+  ``post_worker_init`` hook (``examples/gunicorn.conf.py``): every worker
+  then receives from its start, whether or not it has served a request;
+- otherwise the first request of the process starts it.
+
+Meanwhile the health view answers 503 with the reason, and what requests
+send waits in the bus (a Redis bus holds up to ``message_queue_size`` x
+``workers`` messages for its start, then refuses at once with
+``BusFullError``). Once started, a send during a Redis outage raises
+``BusConnectionError`` (at once when the outage is older than
+``send_timeout``): a webhook answers 503 and the sender retries, as
+Telegram and Slack do. Handlers may be registered at any time. One start per
 process, under a lock; a bus found started by a parent process before a
 fork raises, since its threads did not survive the fork. The bus is stopped
 (draining what it holds) when the process exits normally.
@@ -36,13 +43,18 @@ fork raises, since its threads did not survive the fork. The bus is stopped
 Views
 -----
 
-A blueprint under ``NEKOBOT_BUS_URL_PREFIX`` (default ``/bus``):
+The health and metrics views show the Redis address, the process id and
+every counter, so they are not mounted unless asked: register
+:meth:`NekobotBus.blueprint` where the app wants them, behind its own
+authentication (``blueprint.before_request``), or set
+``NEKOBOT_BUS_URL_PREFIX`` (e.g. ``"/bus"``) to mount them there:
 
-``GET /bus/health``
-    JSON with ``status`` (``ok`` or ``unavailable``), the backend, its
-    ``health()``, and the metrics: 200 when the bus runs
-    (and, on Redis, its reader is connected), else 503. For load balancers.
-``GET /bus/metrics``
+``GET {prefix}/health``
+    JSON with ``status`` (``ok`` or ``unavailable``), the ``reason`` when
+    unavailable, the backend, its ``health()``, and the metrics: 200 when the
+    bus runs (and, on Redis, its reader is connected), else 503. For load
+    balancers; it never waits for the bus.
+``GET {prefix}/metrics``
     The metrics in Prometheus' text format when ``prometheus_client`` is
     installed (the ``prometheus`` extra), else as JSON.
 """
@@ -62,7 +74,7 @@ from .bus import Bus
 from .config import create_bus, load_config
 from .errors import ConfigError, NekobotBusError
 
-__all__ = ["EXTENSION_KEY", "NekobotBus"]
+__all__ = ["EXTENSION_KEY", "NekobotBus", "start_in_background"]
 
 logger = logging.getLogger("nekobot_bus.flask")
 
@@ -123,8 +135,8 @@ class _BusState:
         if self._started_in is not None and self._started_in != pid:
             raise RuntimeError(
                 f"the nekobot bus was started in process {self._started_in} before it forked into "
-                f"{pid}; its threads did not survive the fork. Let the extension start it on the "
-                "first request of each process, or call start() after the fork."
+                f"{pid}; its threads did not survive the fork. Start it in each process after the "
+                "fork (start_in_background() from the server's post-fork hook, or the first request)."
             )
 
     def _start(self, pid: int) -> None:
@@ -176,8 +188,9 @@ class NekobotBus:
     (a mapping, JSON text or a file path; default: the local bus);
     ``NEKOBOT_BUS_GROUP``, the fan-out group of the app's processes (default:
     the app's import name; ``None`` or ``""``: every process handles every
-    message); ``NEKOBOT_BUS_URL_PREFIX`` (default ``/bus``; ``None``: no
-    views); ``NEKOBOT_BUS_STOP_TIMEOUT`` (seconds, default 10).
+    message); ``NEKOBOT_BUS_URL_PREFIX`` (default ``None``: the views are
+    not mounted; see :meth:`blueprint`); ``NEKOBOT_BUS_STOP_TIMEOUT``
+    (seconds, default 10).
 
     The workers of a web app each run a bus, and on the Redis fan-out each
     would receive, and deliver, every outbound message: every user would get
@@ -203,9 +216,9 @@ class NekobotBus:
         state = _BusState(create_bus(config), float(app.config.get("NEKOBOT_BUS_STOP_TIMEOUT", 10.0)))
         app.extensions[EXTENSION_KEY] = state
         app.before_request(state.ensure_started)
-        prefix = app.config.get("NEKOBOT_BUS_URL_PREFIX", "/bus")
+        prefix = app.config.get("NEKOBOT_BUS_URL_PREFIX")
         if prefix is not None:
-            app.register_blueprint(_views(), url_prefix=prefix)
+            app.register_blueprint(self.blueprint(), url_prefix=prefix)
 
     def _state(self, app: Flask | None = None) -> _BusState:
         target = app or self._app or current_app
@@ -215,10 +228,34 @@ class NekobotBus:
             raise RuntimeError("init_app() was not called for this app") from None
         return state
 
+    @staticmethod
+    def blueprint(name: str = "nekobot_bus") -> Blueprint:
+        """A new blueprint of the views, ``/health`` and ``/metrics``, for the app to mount.
+
+        ::
+
+            views = nekobot.blueprint()
+
+            @views.before_request
+            def only_operators():
+                if request.headers.get("Authorization") != OPERATOR_TOKEN:
+                    abort(403)
+
+            app.register_blueprint(views, url_prefix="/internal/bus")
+        """
+        views = Blueprint(name, __name__)
+        views.add_url_rule("/health", "health", _health)
+        views.add_url_rule("/metrics", "metrics", _metrics)
+        return views
+
     @property
     def bus(self) -> Bus:
         """The bus of the app (the one passed in, else the current app); maybe not started yet."""
         return self._state().bus
+
+    def start_in_background(self, app: Flask | None = None) -> None:
+        """Start the bus in the extension's thread now, without waiting: see :func:`start_in_background`."""
+        self._state(app).ensure_started()
 
     def start(self, app: Flask | None = None) -> Bus:
         """Start the bus now, in this process and this thread, instead of on the first request.
@@ -232,6 +269,29 @@ class NekobotBus:
     def stop(self, app: Flask | None = None) -> bool:
         """Stop the bus (draining it); ``True`` if every thread ended in time."""
         return self._state(app).stop()
+
+
+def start_in_background(app: Flask) -> None:
+    """Start *app*'s bus in this process now, in the background; for a server's post-fork hook.
+
+    Under gunicorn, in the config file (``examples/gunicorn.conf.py``)::
+
+        from nekobot_bus.flask import start_in_background
+
+        def post_worker_init(worker):
+            start_in_background(worker.wsgi)
+
+    so each worker receives from its start, not from its first request. It
+    returns at once; the bus keeps trying while its server is away.
+
+    :raises RuntimeError: *app* has no nekobot bus, or its bus was started
+        before the fork.
+    """
+    try:
+        state: _BusState = app.extensions[EXTENSION_KEY]
+    except (AttributeError, KeyError):
+        raise RuntimeError(f"{app!r} has no nekobot bus: NekobotBus(app) was not called") from None
+    state.ensure_started()
 
 
 def _grouped(config: dict[str, Any], group: object) -> dict[str, Any]:
@@ -249,13 +309,6 @@ def _grouped(config: dict[str, Any], group: object) -> dict[str, Any]:
 def _state() -> _BusState:
     state: _BusState = current_app.extensions[EXTENSION_KEY]
     return state
-
-
-def _views() -> Blueprint:
-    views = Blueprint("nekobot_bus", __name__)
-    views.add_url_rule("/health", "health", _health)
-    views.add_url_rule("/metrics", "metrics", _metrics)
-    return views
 
 
 def _health() -> tuple[Response, int]:

@@ -18,7 +18,7 @@ from flask import Flask, request
 from werkzeug.serving import make_server
 
 from nekobot_bus import Message, encode
-from nekobot_bus.flask import NekobotBus
+from nekobot_bus.flask import NekobotBus, start_in_background
 
 from .conftest import redis_config
 from .redis_server import RedisServer
@@ -34,6 +34,7 @@ class Gateway:
         if config is not None:
             self.app.config["NEKOBOT_BUS"] = config
         self.ext = NekobotBus(self.app)
+        self.app.register_blueprint(self.ext.blueprint(), url_prefix="/bus")
         self.seen: Counter[str] = Counter()
         self.replies: Counter[str] = Counter()
         self.lock = threading.Condition()
@@ -193,6 +194,41 @@ def test_a_bus_started_before_a_fork_is_refused_in_the_child(
     monkeypatch.undo()
 
 
+def test_the_views_are_mounted_only_where_the_app_asks() -> None:
+    hidden = Flask("hidden")
+    NekobotBus(hidden)
+    assert hidden.test_client().get("/bus/health").status_code == 404
+    by_config = Flask("by_config")
+    by_config.config["NEKOBOT_BUS_URL_PREFIX"] = "/ops/bus"
+    NekobotBus(by_config)
+    assert by_config.test_client().get("/ops/bus/metrics").status_code == 200
+    protected = Flask("protected")
+    ext = NekobotBus(protected)
+    views = ext.blueprint()
+    views.before_request(lambda: None if request.headers.get("X-Token") == "s3cret" else ("no", 403))
+    protected.register_blueprint(views, url_prefix="/internal")
+    client = protected.test_client()
+    assert client.get("/internal/health").status_code == 403
+    allowed = client.get("/internal/health", headers={"X-Token": "s3cret"})
+    assert allowed.json is not None
+    assert allowed.json["backend"] == "LocalBus"
+    for app in (hidden, by_config, protected):
+        assert app.extensions["nekobot_bus"].stop()
+
+
+def test_start_in_background_starts_the_bus_without_a_request(gateway: Gateway) -> None:
+    start_in_background(gateway.app)
+    deadline = time.monotonic() + WAIT
+    while not gateway.ext.bus.running:
+        assert time.monotonic() < deadline, "the bus did not start"
+        time.sleep(0.01)
+    start_in_background(gateway.app)  # once per process: a second call changes nothing
+    gateway.ext.bus.send_inbound(Message(channel_id="telegram", content="no request yet"))
+    assert gateway.wait_for_replies(1)
+    with pytest.raises(RuntimeError, match="has no nekobot bus"):
+        start_in_background(Flask("bare"))
+
+
 def test_init_app_once_per_app_and_the_state_is_per_app() -> None:
     ext = NekobotBus()
     first, second = Flask("first"), Flask("second")
@@ -213,7 +249,7 @@ def test_the_bus_is_drained_and_stopped_at_exit() -> None:
     script = """
 import time
 from flask import Flask
-from nekobot_bus.flask import NekobotBus
+from nekobot_bus.flask import NekobotBus, start_in_background
 from nekobot_bus import Message
 
 app = Flask("exiting")

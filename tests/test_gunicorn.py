@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,11 +20,14 @@ from typing import Any
 
 import pytest
 
-from nekobot_bus import decode, encode
+from nekobot_bus import Message, decode, encode
 
 from .redis_server import RedisServer, free_port
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TESTS = Path(__file__).resolve().parent
+EXAMPLES = TESTS.parent / "examples"
+OUTBOUND = "nekobot:bus:outbound:telegram"
+WORKERS = 3
 UPDATES = 200
 CLIENTS = 8
 WAIT = 60.0
@@ -41,35 +47,54 @@ def post(port: int, update_id: int) -> int:
         conn.close()
 
 
-def wait_until_serving(port: int, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "gunicorn exited"
+def workers_of(server: subprocess.Popen[str]) -> list[int]:
+    """The process ids of gunicorn's workers: the children of its master."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/telegram/sent")
-            conn.getresponse().read()
-            conn.close()
-            return
+            fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == server.pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def wait_until_every_worker_listens(server: subprocess.Popen[str], redis: RedisServer, port: int) -> None:
+    """Until gunicorn accepts connections and each worker's bus subscribed, with no request made."""
+    client: Any = redis.client()
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                out = server.stdout.read() if server.stdout is not None else ""
+                pytest.fail(f"gunicorn exited with {server.returncode}:\n{out}")
+            [(_, listening)] = client.pubsub_numsub(OUTBOUND)
+            if listening == WORKERS:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
             time.sleep(0.1)
-    pytest.fail("gunicorn did not serve within 30 s")
+        pytest.fail(f"{listening} of {WORKERS} workers subscribed within 30 s")
+    finally:
+        client.close()
 
 
-@pytest.fixture
-def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    """The README's deployment: 3 workers, 4 threads each, --preload, the example app on Redis."""
+@contextlib.contextmanager
+def gunicorn_serving(
+    redis: RedisServer, app: str, *extra: str
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """gunicorn with the example's config file: WORKERS workers, 4 threads each, --preload."""
     port = free_port()
-    env = dict(
-        os.environ, NEKOBOT_BUS=json.dumps({"bus": {"type": "redis", "redis_addr": redis_server.addr}})
-    )
+    env = dict(os.environ, NEKOBOT_BUS=json.dumps({"bus": {"type": "redis", "redis_addr": redis.addr}}))
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "gunicorn",
+            "-c",
+            str(EXAMPLES / "gunicorn.conf.py"),
             "-w",
-            "3",
+            str(WORKERS),
             "--threads",
             "4",
             "--preload",
@@ -79,7 +104,8 @@ def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[
             str(EXAMPLES),
             "--graceful-timeout",
             "5",
-            "flask_webhook:create_app(with_agent=False)",
+            *extra,
+            app,
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -87,7 +113,7 @@ def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[
         text=True,
     )
     try:
-        wait_until_serving(port, server)
+        wait_until_every_worker_listens(server, redis, port)
         yield port, server
     finally:
         if server.poll() is None:
@@ -98,6 +124,13 @@ def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.communicate()
+
+
+@pytest.fixture
+def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """The README's deployment of the example app on Redis."""
+    with gunicorn_serving(redis_server, "flask_webhook:create_app(with_agent=False)") as served:
+        yield served
 
 
 def post_all(port: int) -> None:
@@ -199,3 +232,47 @@ def wait_for_outbound(server: RedisServer, count: int) -> None:
         pytest.fail(f"only {claimed} of {count} replies were claimed")
     finally:
         client.close()
+
+
+def test_a_killed_worker_loses_only_the_replies_it_had_claimed(redis_server: RedisServer) -> None:
+    """At most once per group: what a worker took and did not deliver before dying is lost, nothing else."""
+    replies = 300
+    with gunicorn_serving(redis_server, "slow_gateway:create_app()", "--pythonpath", str(TESTS)) as (
+        _,
+        server,
+    ):
+        client: Any = redis_server.client()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for n in range(replies):  # as the Go agent answers: plain PUBLISH
+                pipe.publish(
+                    OUTBOUND, encode(Message(id=f"reply-{n}", channel_id="telegram", session_id=f"chat-{n}"))
+                )
+            pipe.execute()
+            time.sleep(1.0)  # every worker is delivering: 300 x 100 ms take 2.5 s on 3 x 4 threads
+            victim = workers_of(server)[0]
+            os.kill(victim, signal.SIGKILL)
+            claims = wait_for_claims(client, replies)
+            server.terminate()  # the survivors drain what they claimed
+            out, _ = server.communicate(timeout=30)
+        finally:
+            client.close()
+    delivered = Counter(re.findall(r"^delivered (reply-\d+) by \d+$", out, flags=re.MULTILINE))
+    assert [i for i, times in delivered.items() if times > 1] == [], "a reply was delivered twice"
+    missing = {f"reply-{n}" for n in range(replies)} - set(delivered)
+    assert missing, "the kill landed after the victim had delivered everything it claimed"
+    owners = {claims[i] for i in missing}
+    assert all(f"-{victim}-" in owner for owner in owners), f"{victim} killed; lost: {owners}\n{out}"
+    assert len(missing) <= 4, "the victim lost more than its 4 handler threads held"
+
+
+def wait_for_claims(client: Any, count: int) -> dict[str, str]:
+    """The claim of each of *count* replies, by message id: which member took it."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        keys = client.keys("nekobot:bus:claim:*:outbound:*")
+        if len(keys) >= count:
+            owners = client.mget(keys)
+            return {k.decode().rsplit(":", 1)[1]: v.decode() for k, v in zip(keys, owners, strict=True)}
+        time.sleep(0.1)
+    pytest.fail(f"only {len(keys)} of {count} replies were claimed")
