@@ -129,14 +129,10 @@ class RedisBus(RedisBase):
         super()._prepare_transport()
         options: FanoutOptions = self._delivery_options
         group, window = options.group, options.claim_window
-        member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._claims = (
             {}
             if group is None
-            else {
-                d: GroupClaims(self._runner, self.keys, d, group=group, member=member, window=window)
-                for d in Direction
-            }
+            else {d: GroupClaims(self._runner, self.keys, d, group=group, window=window) for d in Direction}
         )
 
     def _gate(self, direction: Direction) -> GroupClaims | None:
@@ -171,6 +167,10 @@ class RedisBus(RedisBase):
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
+        # Named at start, in the process that runs it: a bus built before a fork has no member yet.
+        member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        for claims in self._claims.values():
+            claims.member = member
         reader = threading.Thread(
             target=self._link.run,
             args=(self._read, self._count_lost),
@@ -225,7 +225,9 @@ class RedisBus(RedisBase):
                     "%d message(s) sent before a start() that never succeeded were not sent",
                     len(self._pending),
                 )
-                self._metrics.incr("unrouted", len(self._pending))
+                for direction, _ in self._pending:  # as the local bus counts what it never handled
+                    self._metrics.accepted(f"messages_{direction.suffix}")
+                    self._metrics.finished(f"dropped_{direction.suffix}")
                 self._pending.clear()
         return alive
 

@@ -38,19 +38,19 @@ class GroupClaims:
         direction: Direction,
         *,
         group: str,
-        member: str,
         window: float,
     ) -> None:
         self._runner = runner
         self._keys = keys
         self._direction = direction
         self.group = group
-        self._member = member
+        #: Who takes the claims: host, process id and a random part; set by the bus's start().
+        self.member = ""
         self._window_ms = max(1, int(window * 1000))
 
     def admit(self, message: Message, ticket: Any) -> bool:
         key = self._keys.claim(self.group, self._direction, message.id)
         [reply] = self._runner.run(
-            [("SET", key, self._member, "NX", "PX", self._window_ms)], f"claiming message {message.id!r}"
+            [("SET", key, self.member, "NX", "PX", self._window_ms)], f"claiming message {message.id!r}"
         )
         return reply is not None

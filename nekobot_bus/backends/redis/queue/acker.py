@@ -74,7 +74,7 @@ class Acker:
         self._ledger = ledger
         self._metrics = metrics
         self._group = group
-        self._consumer = consumer
+        self.consumer = consumer
         self._dedup_window = dedup_window
         self._max_len = max_len
         self._group_lost = group_lost
@@ -193,7 +193,7 @@ class Acker:
         dead = self._keys.dead_letters(entry.direction, channel_id)
         fields = (
             "message", entry.payload, "error", reason, "deliveries", entry.deliveries, "stream", entry.stream,
-            "entry_id", entry.entry_id, "group", self._group, "consumer", self._consumer,
+            "entry_id", entry.entry_id, "group", self._group, "consumer", self.consumer,
         )  # fmt: skip
         commands = [
             ("MULTI",),

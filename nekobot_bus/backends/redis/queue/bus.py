@@ -164,7 +164,8 @@ class RedisStreamBus(RedisBase):
         super()._prepare_transport()
         options: QueueOptions = self._delivery_options
         self.group = options.group
-        self.consumer = options.consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.consumer = options.consumer or _process_consumer()
+        self._consumer_named_in = os.getpid()
         self.claim_idle = options.claim_idle
         self.max_deliveries = options.max_deliveries
         self.retry_backoff = options.retry_backoff
@@ -240,6 +241,11 @@ class RedisStreamBus(RedisBase):
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
+        if self._consumer_named_in != os.getpid() and self._delivery_options.consumer is None:
+            # Built before a fork (gunicorn --preload): each process is a consumer of its own.
+            self.consumer = _process_consumer()
+            self._consumer_named_in = os.getpid()
+            self._acker.consumer = self._streams.consumer = self.consumer
         # Fail fast, as the fan-out does, when Redis is not there at all.
         self._runner.run([("PING",)], "connecting")
         reader = threading.Thread(
@@ -372,3 +378,8 @@ class RedisStreamBus(RedisBase):
             "shards": sorted(self._streams.readable_shards()) if self.shards else None,
             "pid": os.getpid(),
         }
+
+
+def _process_consumer() -> str:
+    """A consumer name of this process: host, process id and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -97,7 +97,7 @@ class StreamReader:
         self._runner = runner
         self._options = options
         self._group = options.group
-        self._consumer = consumer
+        self.consumer = consumer
         self._max_message_size = max_message_size
         self._registries = registries
         self._dispatchers = dispatchers
@@ -106,10 +106,14 @@ class StreamReader:
         self._metrics = metrics
         self._stopping = stopping
         self._subs = subscriptions
-        self.wake_stream = keys.wake(consumer)
         self.leases: dict[str, ShardLeases] = {}  # by stream, with shards
         self._groups_lost = threading.Event()
         self.last_message_at: float | None = None
+
+    @property
+    def wake_stream(self) -> str:
+        """The stream whose entry wakes this consumer's blocked read."""
+        return self._keys.wake(self.consumer)
 
     def groups_lost(self) -> None:
         """Any thread: a group may be gone; the reader creates the groups again before its next read."""
@@ -133,7 +137,7 @@ class StreamReader:
             try:
                 reply = call(
                     conn,
-                    "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count,
+                    "XREADGROUP", "GROUP", self._group, self.consumer, "COUNT", count,
                     "BLOCK", int(BLOCK * 1000), "STREAMS", *names, *[">"] * len(names),
                 )  # fmt: skip
             except redis.ResponseError as exc:
@@ -181,7 +185,7 @@ class StreamReader:
             self._claim(conn, plan.streams)
             plan.claim_at = now + options.claim_idle / 4
         if now >= plan.cleanup_at:
-            forget_departed(conn, plan.streams, self._group, self._consumer, options.claim_idle)
+            forget_departed(conn, plan.streams, self._group, self.consumer, options.claim_idle)
             plan.cleanup_at = now + options.claim_idle * 5
 
     def _direction_of(self, stream: str) -> Direction:
@@ -256,7 +260,7 @@ class StreamReader:
                 self._keys,
                 group=self._group,
                 stream=base,
-                consumer=self._consumer,
+                consumer=self.consumer,
                 shards=self._options.shards,
                 lease_seconds=self._options.claim_idle,
             )
@@ -287,7 +291,7 @@ class StreamReader:
         if stale:
             # JUSTID: resets the idle time without counting a delivery.
             self._runner.run(
-                [("XCLAIM", s, self._group, self._consumer, 0, *ids, "JUSTID") for s, ids in stale.items()],
+                [("XCLAIM", s, self._group, self.consumer, 0, *ids, "JUSTID") for s, ids in stale.items()],
                 "renewing held entries",
             )
 
@@ -299,7 +303,7 @@ class StreamReader:
         dead owner's, and comes first in the session's order. Pages through
         the whole pending list, however long.
         """
-        me = self._consumer.encode()
+        me = self.consumer.encode()
         held = self._ledger.keys()
         start = "-"
         while True:
@@ -313,7 +317,7 @@ class StreamReader:
                 claimed = [
                     (entry_id, fields)
                     for entry_id, fields in call(
-                        conn, "XCLAIM", stream, self._group, self._consumer, 0, *deliveries
+                        conn, "XCLAIM", stream, self._group, self.consumer, 0, *deliveries
                     )
                     if fields is not None
                 ]
@@ -338,7 +342,7 @@ class StreamReader:
             claimed = [
                 (entry_id, fields)
                 for entry_id, fields in call(
-                    conn, "XCLAIM", stream, self._group, self._consumer, idle_ms, *deliveries
+                    conn, "XCLAIM", stream, self._group, self.consumer, idle_ms, *deliveries
                 )
                 if fields is not None
             ]
