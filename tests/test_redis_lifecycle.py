@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -118,3 +119,70 @@ def test_send_many_takes_the_direction_by_name_and_refuses_anything_else(
             send_many("inbound", ["not a message"])
         assert done.wait(WAIT)
     assert sorted(seen) == ["0", "1", "2", "3"]
+
+
+def test_sends_ride_out_a_blip_but_fail_at_once_in_an_outage(
+    redis_server: RedisServer, buses: list[Bus], delivery: str
+) -> None:
+    bus = build(buses, delivery, redis_server, send_timeout=1.0, socket_connect_timeout=0.2)
+    got = threading.Event()
+    bus.register_inbound_handler("telegram", lambda message: got.set())
+    with bus:
+        redis_server.stop()
+
+        def back_soon() -> None:
+            time.sleep(0.3)
+            redis_server.start()
+
+        restart = threading.Thread(target=back_soon)
+        restart.start()
+        try:
+            bus.send_inbound(Message(channel_id="telegram"))  # waits for the server, within send_timeout
+        finally:
+            restart.join()
+        redis_server.stop()
+        time.sleep(1.2)  # the outage is now older than send_timeout
+        started = time.monotonic()
+        with pytest.raises(BusConnectionError, match="has been unreachable for"):
+            bus.send_inbound(Message(channel_id="telegram"))
+        assert time.monotonic() - started < 0.5, "a send in a known outage waited for it again"
+        redis_server.start()
+        deadline = time.monotonic() + WAIT
+        while not bus.health()["subscribed" if delivery == "fanout" else "connected"]:
+            assert time.monotonic() < deadline, "the reader did not come back with the server"
+            time.sleep(0.05)
+        while True:  # the first connect that works ends the outage
+            try:
+                bus.send_inbound(Message(channel_id="telegram"))
+                break
+            except BusConnectionError:
+                assert time.monotonic() < deadline, "sends did not recover with the server"
+                time.sleep(0.1)
+        assert got.wait(WAIT)
+
+
+def test_a_bus_built_before_a_fork_names_itself_in_the_process_that_starts_it(
+    redis_server: RedisServer, buses: list[Bus], delivery: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn --preload builds the app, and its bus, in the master: each worker must be its own member."""
+    bus = build(buses, delivery, redis_server, group="web")
+    got = threading.Event()
+    bus.register_outbound_handler("telegram", lambda message: got.set())
+    parent = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent + 1)  # as in a worker forked from the parent
+    bus.start()
+    monkeypatch.undo()
+    bus.send_outbound(Message(id="m-1", channel_id="telegram"))
+    assert got.wait(WAIT)
+    client: Any = redis_server.client()
+    try:
+        if delivery == "queue":
+            [consumer] = client.xinfo_consumers("nekobot:bus:outbound:telegram", "web")
+            name = consumer["name"].decode()
+        else:
+            name = client.get("nekobot:bus:claim:web:outbound:m-1").decode()
+    finally:
+        client.close()
+    assert f"-{parent + 1}-" in name, name
+    if delivery == "queue":
+        assert bus.consumer == name  # type: ignore[attr-defined]

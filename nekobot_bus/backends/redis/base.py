@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 import attrs
 import redis
 
-from ...bus import Bus, as_message
+from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, ConfigError
 from ...message import Message
-from .client import CommandRunner, client_options, make_client, redact
+from .client import CommandRunner, Reachability, client_options, make_client, redact
 from .options import DEFAULT_URL, ConnectionOptions, RedisConfig, read_config
 from .reader_link import ReaderLink
 
@@ -67,7 +67,10 @@ class RedisBase(Bus):
             socket_connect_timeout=self.connection.socket_connect_timeout,
         )
         self._client = make_client(url, self.address, **common, protocol=2)
-        self._runner = CommandRunner(self._client, self.address, self._metrics, self.send_timeout)
+        reachability = Reachability()
+        self._runner = CommandRunner(
+            self._client, self.address, self._metrics, self.send_timeout, reachability
+        )
         self._stopping = threading.Event()
         reader_options = common | {"protocol": 2, "decode_responses": False}
         reader_options["socket_timeout"] = self._reader_socket_timeout()
@@ -77,6 +80,7 @@ class RedisBase(Bus):
             name=self.reader_name,
             metrics=self._metrics,
             stopping=self._stopping,
+            reachability=reachability,
         )
 
     def _batch(
@@ -87,12 +91,7 @@ class RedisBase(Bus):
         :raises TypeError: naming what is not a direction or not a message.
         :raises BusClosedError: the bus was stopped.
         """
-        try:
-            way = Direction(direction)
-        except ValueError:
-            raise TypeError(
-                f"direction must be a Direction, 'inbound' or 'outbound', not {direction!r}"
-            ) from None
+        way = as_direction(direction)
         if self._stopping.is_set():
             raise BusClosedError("the bus is stopped; nothing was sent")
         return way, [as_message(m) for m in messages]

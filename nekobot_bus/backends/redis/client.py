@@ -5,6 +5,13 @@ on a pooled connection, in the caller's thread. Connecting is retried with
 capped, jittered backoff until ``send_timeout``; once the commands were
 written nothing is retried, because Redis may already have executed them.
 
+A blip is ridden out, an outage is not waited out again and again: the
+senders and the reader of a bus share one :class:`Reachability`, and once
+Redis has been unreachable for longer than ``send_timeout`` a send makes one
+connect attempt and raises at once, until a connection succeeds. So a web
+request on a server whose Redis is gone fails in milliseconds instead of
+holding its thread for ``send_timeout``.
+
 An error reply is an error: :meth:`CommandRunner.run` raises
 :class:`~nekobot_bus.BusReplyError` for it, unless the caller named its code
 (``BUSYGROUP``, ``NOGROUP`` ...) as one it handles; then the reply comes
@@ -32,11 +39,12 @@ from .compat import error_code, take_connection
 __all__ = [
     "REDIS_ERRORS",
     "CommandRunner",
+    "Reachability",
     "Script",
+    "check_reachable",
     "client_options",
     "error_code",
     "make_client",
-    "ping_problem",
     "redact",
 ]
 
@@ -56,19 +64,45 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
-def ping_problem(url: str) -> str | None:
-    """Why the Redis at *url* does not answer a PING within 2 s, or ``None`` when it does."""
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    except ValueError as exc:
-        return str(exc)
+def check_reachable(url: str, *, timeout: float = 2.0) -> None:
+    """Return when the Redis at *url* answers a PING within *timeout*; else say why, without the password.
+
+    :raises ConfigError: *url* is not a usable address, or names a database
+        the server does not have.
+    :raises BusConnectionError: nothing answers there, or the server refused
+        the credentials.
+    """
+    address = redact(url)
+    client = make_client(url, address, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        raise BusConnectionError(
+            f"Redis at {address} refused the credentials: authentication failed ({exc})"
+        ) from None
+    except redis.ResponseError as exc:
+        if "DB index is out of range" in str(exc):
+            raise ConfigError(
+                f"Redis at {address} has no database {_database(url)}: {exc} "
+                "(its 'databases' setting bounds the number)"
+            ) from None
+        if error_code(exc) in ("NOAUTH", "NOPERM", "WRONGPASS"):
+            raise BusConnectionError(
+                f"Redis at {address} refused the credentials: authentication failed ({exc})"
+            ) from None
+        raise BusReplyError(f"Redis at {address} refused PING: {exc}") from None
     except (redis.RedisError, OSError) as exc:
-        return str(exc)
+        port = urlsplit(url).port or 6379
+        raise BusConnectionError(
+            f"Redis at {address} does not answer ({exc}); is it running? "
+            f"e.g. redis-server --port {port} --daemonize yes"
+        ) from None
     finally:
         client.close()
-    return None
+
+
+def _database(url: str) -> str:
+    return urlsplit(url).path.strip("/") or "0"
 
 
 def client_options(
@@ -108,18 +142,52 @@ def make_client(url: str, address: str, **options: Any) -> redis.Redis:
         raise ConfigError(f"redis url {address!r} is not usable: {exc}") from None
 
 
+class Reachability:
+    """Since when Redis has been unreachable, as the senders and the reader of one bus found it.
+
+    Thread-safe: each method assigns one attribute, and a race between a
+    failure and a success found at the same moment settles either way.
+    """
+
+    def __init__(self) -> None:
+        self._down_since: float | None = None
+
+    def failed(self) -> None:
+        """A connection could not be made, or broke."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def reached(self) -> None:
+        """A connection was made."""
+        self._down_since = None
+
+    def down_for(self) -> float:
+        """Seconds since Redis was first found unreachable in the current outage; 0 when reachable."""
+        since = self._down_since
+        return 0.0 if since is None else time.monotonic() - since
+
+
 class CommandRunner:
     """Runs command pipelines on *client*'s pool for one bus. Thread-safe.
 
     :param address: the redacted address, for errors.
     :param timeout: how long connecting is retried; ``None``: 30 s.
+    :param reachability: shared with the bus's reader; a new one if not given.
     """
 
-    def __init__(self, client: redis.Redis, address: str, metrics: Metrics, timeout: float | None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        address: str,
+        metrics: Metrics,
+        timeout: float | None,
+        reachability: Reachability | None = None,
+    ) -> None:
         self.client = client
         self.address = address
         self._metrics = metrics
         self._timeout = 30.0 if timeout is None else timeout
+        self.reachability = reachability or Reachability()
         self._scripts: dict[str, str] = {}  # by digest, for NOSCRIPT
         self._scripts_lock = threading.Lock()
 
@@ -176,6 +244,13 @@ class CommandRunner:
                 conn = take_connection(pool)
             except REDIS_ERRORS as exc:
                 self._metrics.incr("connection_errors")
+                self.reachability.failed()
+                down = self.reachability.down_for()
+                if down > limit:  # an outage, not a blip: do not make every caller wait it out
+                    raise BusConnectionError(
+                        f"Redis at {self.address} has been unreachable for {down:.1f} s while {what}: "
+                        f"{exc}; nothing was sent"
+                    ) from exc
                 if time.monotonic() + delay > deadline:
                     raise BusConnectionError(
                         f"Redis at {self.address} unreachable for {limit} s while {what}: {exc}; "
@@ -184,11 +259,13 @@ class CommandRunner:
                 time.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 1.0)
                 continue
+            self.reachability.reached()
             try:
                 conn.send_packed_command(conn.pack_commands(commands))
                 return [_reply(conn) for _ in commands]
             except REDIS_ERRORS as exc:
                 self._metrics.incr("connection_errors")
+                self.reachability.failed()
                 conn.disconnect()
                 raise BusConnectionError(
                     f"connection to Redis at {self.address} broke while {what}; "

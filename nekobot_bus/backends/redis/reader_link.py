@@ -6,6 +6,11 @@ closes it, waits a capped, jittered, growing delay and connects again, for as
 long as the bus runs; each reconnect and each failure is counted. Another
 thread may call :meth:`ReaderLink.interrupt` to unblock a read stuck on a
 paused server.
+
+The log tells an outage once: a warning when a connection is lost (or the
+first one cannot be made), saying why; then nothing while the retries fail,
+and one line when a connection is made again. What it finds is noted in the
+bus's :class:`~.client.Reachability`, which its senders share.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import redis
 
 from ...metrics import Metrics
+from .client import Reachability
 from .compat import take_connection
 
 __all__ = ["ReaderLink"]
@@ -43,13 +49,16 @@ class ReaderLink:
         name: str,
         metrics: Metrics,
         stopping: threading.Event,
+        reachability: Reachability,
     ) -> None:
         self._pool = pool
         self._address = address
         self._name = name
         self._metrics = metrics
         self._stopping = stopping
+        self._reachability = reachability
         self._conn: Any = None
+        self._outage_told = False  # the current outage is in the log
         #: ``time.time()`` of the current connection, ``None`` while disconnected.
         self.connected_since: float | None = None
 
@@ -59,18 +68,22 @@ class ReaderLink:
         :param after_disconnect: called each time a connection is given up.
         """
         backoff = 0.05
-        first = True
+        ever_connected = False
         while not self._stopping.is_set():
+            connected = False
             try:
-                self._read_connection(read, first)
+                conn = take_connection(self._pool)
+                connected = True
+                self._read_connection(conn, read, ever_connected)
+                ever_connected = True
                 backoff = 0.05
             except Exception as exc:
                 if self._stopping.is_set():
                     break
                 self._metrics.incr("connection_errors")
-                logger.warning(
-                    "%s at %s lost its connection (%s); reconnecting", self._name, self._address, exc
-                )
+                self._reachability.failed()
+                self._tell_outage(exc, connected=connected, ever_connected=ever_connected)
+                ever_connected = ever_connected or connected
             finally:
                 self.connected_since = None
                 after_disconnect()
@@ -78,15 +91,29 @@ class ReaderLink:
                 break
             backoff = min(backoff * 2, 5.0)
             self._metrics.incr("reconnects")
-            first = False
 
-    def _read_connection(self, read: Callable[[Any], None], first: bool) -> None:
-        conn = take_connection(self._pool)
+    def _tell_outage(self, exc: Exception, *, connected: bool, ever_connected: bool) -> None:
+        if self._outage_told:
+            logger.debug("%s: Redis at %s still unreachable: %s", self._name, self._address, exc)
+            return
+        self._outage_told = True
+        what = "lost its connection to" if connected or ever_connected else "could not connect to"
+        logger.warning(
+            "%s %s Redis at %s (%s); retrying with backoff until it answers",
+            self._name,
+            what,
+            self._address,
+            exc,
+        )
+
+    def _read_connection(self, conn: Any, read: Callable[[Any], None], ever_connected: bool) -> None:
         try:
             self._conn = conn
             self.connected_since = time.time()
-            if not first:
-                logger.info("%s reconnected to %s", self._name, self._address)
+            self._reachability.reached()
+            if self._outage_told or ever_connected:
+                logger.info("%s reconnected to Redis at %s", self._name, self._address)
+            self._outage_told = False
             read(conn)
         finally:
             self._conn = None
