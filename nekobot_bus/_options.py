@@ -12,6 +12,7 @@ a number, ``true`` is not an integer).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -153,7 +154,9 @@ def split_section(
         if key in owner:
             parts[owner[key]][key] = value
         elif key not in also:
-            raise ConfigError(f"unknown key {section}.{key}; {section} accepts: " + ", ".join(accepted))
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else ""
+            raise ConfigError(f"unknown key {section}.{key}{hint} {section} accepts: " + ", ".join(accepted))
     return parts
 
 

@@ -7,15 +7,21 @@ The documented shape, shared with the Go gateway::
 
 Other top-level sections (the rest of a gateway's config file) are ignored,
 so the gateway's whole file can be passed; unknown keys inside ``bus`` are
-errors. Backends are found in :data:`BUILTIN_BACKENDS`, then in the entry
+errors, and so are bus keys at the top level (the ``bus`` wrapper
+forgotten) and a top-level name that is a near miss of a section read here
+(``buss``, ``gatway``): either would otherwise build a local bus silently.
+
+Backends are found in :data:`BUILTIN_BACKENDS`, then in the entry
 point group ``nekobot_bus.backends`` (name: the ``bus.type``; value: a
 :class:`~nekobot_bus.Bus` subclass), then in :func:`register_backend` calls.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -30,6 +36,7 @@ __all__ = [
     "BUILTIN_BACKENDS",
     "ConfigSource",
     "available_backends",
+    "check_sections",
     "create_bus",
     "load_config",
     "register_backend",
@@ -39,6 +46,19 @@ __all__ = [
 ConfigSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 
 ENTRY_POINT_GROUP = "nekobot_bus.backends"
+
+logger = logging.getLogger("nekobot_bus")
+
+#: The top-level sections read here: ``redis`` is the Go gateway's, read by the Redis bus.
+SECTIONS = ("bus", "gateway", "redis")
+
+#: Keys that belong in a section, found at the top level of a config: the wrapper was forgotten.
+_MISPLACED = {
+    **dict.fromkeys(
+        ("type", "delivery", "workers", "send_timeout", "dispatch", "group", "redis_addr", "redis_url"), "bus"
+    ),
+    "message_queue_size": "gateway",
+}
 
 #: Builds a bus from a whole config: a :class:`Bus` subclass's ``from_config``,
 #: or a factory that picks among classes (the ``redis`` type picks its delivery).
@@ -144,10 +164,43 @@ def create_bus(config: ConfigSource | None = None) -> Bus:
     :raises ConfigError: naming the key that is wrong and why.
     """
     parsed = load_config({} if config is None else config)
+    check_sections(parsed)
     bus_section = parsed.get("bus") or {}
     if not isinstance(bus_section, Mapping):
         raise ConfigError(f"bus must be an object, not {type(bus_section).__name__}")
     type_name = bus_section.get("type", "local")
     if not isinstance(type_name, str):
         raise ConfigError(f"bus.type must be a string, not {type_name!r}")
-    return _backend(type_name)(parsed)
+    bus = _backend(type_name)(parsed)
+    logger.info("create_bus built %r", bus)
+    return bus
+
+
+def check_sections(config: Mapping[str, Any]) -> None:
+    """Refuse a config whose top level says what belongs in a section, or misspells a section.
+
+    :raises ConfigError: naming the keys and the section they belong in, or
+        the section a name is close to.
+    """
+    misplaced: dict[str, list[str]] = {}
+    for key in config:
+        if not isinstance(key, str):
+            raise ConfigError(f"the config has a top-level key that is not a string: {key!r}")
+        if key in _MISPLACED and key not in SECTIONS:
+            misplaced.setdefault(_MISPLACED[key], []).append(key)
+    for where, keys in misplaced.items():
+        inner = ", ".join(f'"{k}": ...' for k in keys)
+        verb = "belongs" if len(keys) == 1 else "belong"
+        raise ConfigError(
+            f'{", ".join(keys)} {verb} under {where!r}: write {{"{where}": {{{inner}}}}}; '
+            "at the top level they would be ignored"
+        )
+    for key in config:
+        if key in SECTIONS:
+            continue
+        close = difflib.get_close_matches(key.lower(), SECTIONS, n=1, cutoff=0.66)
+        if close:
+            raise ConfigError(
+                f"top-level section {key!r} is not read; did you mean {close[0]!r}? "
+                f"(the sections read are {', '.join(SECTIONS)}; other names are ignored)"
+            )

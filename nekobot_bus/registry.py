@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import threading
 from collections.abc import Callable
 
@@ -47,8 +48,7 @@ class HandlerRegistry:
     def add(self, channel_id: str, handler: Handler) -> None:
         """Add *handler* for *channel_id* (``"*"`` for every channel)."""
         validate_channel_id(channel_id, allow_wildcard=True)
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        check_handler(handler)
         with self._lock:
             by_channel = dict(self._by_channel)
             by_channel[channel_id] = (*by_channel.get(channel_id, ()), handler)
@@ -77,3 +77,25 @@ class HandlerRegistry:
     def channels(self) -> frozenset[str]:
         """The channel ids (and ``"*"``) that have at least one handler."""
         return self._channels
+
+
+def check_handler(handler: object) -> None:
+    """Refuse *handler* now if it cannot be called with one message, rather than on every message.
+
+    :raises TypeError: *handler* is not callable, or its signature takes no
+        positional argument, or requires more than one.
+    """
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # some builtins and C callables have none: trust them
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        name = getattr(handler, "__qualname__", repr(handler))
+        raise TypeError(
+            f"handler {name}{signature} cannot be called with one message ({exc}); "
+            "a handler takes the message as its one positional argument"
+        ) from None

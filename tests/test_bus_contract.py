@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from nekobot_bus import BusClosedError, InvalidChannelError, Message
+from nekobot_bus import BusClosedError, Direction, InvalidChannelError, Message
 from nekobot_bus.bus import Bus
 
 from .conftest import BusFactory
@@ -233,12 +233,7 @@ def test_wait_idle_after_an_unregister_in_flight_returns_promptly(make_bus: BusF
     bus.register_inbound_handler("telegram", lambda message: None)
     batch = [msg(session=f"s{n % 5}", content=str(n)) for n in range(2000)]
     with bus:
-        send_many = getattr(bus, "send_many", None)
-        if send_many is not None:  # remote buses: one round trip, so most is still on its way
-            send_many("inbound", batch)
-        else:
-            for message in batch:
-                bus.send_inbound(message)
+        bus.send_many("inbound", batch)  # remote buses: one round trip, so most is still on its way
         bus.unregister_inbound_handlers("telegram")
         started = time.monotonic()
         assert bus.wait_idle(WAIT)
@@ -253,3 +248,56 @@ def test_gauges_are_declared_as_gauges(make_bus: BusFactory) -> None:
     assert {"queue_depth", "intake_bytes_in", "intake_bytes_out"} <= gauges
     assert not gauges & {"messages_in", "handled_in", "errors"}
     assert gauges <= set(bus.get_metrics())
+
+
+def test_send_many_takes_the_direction_by_name_and_refuses_anything_else(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def handler(message: Message) -> None:
+        seen.append(message.content)
+        if len(seen) == 4:
+            done.set()
+
+    bus.register_inbound_handler("telegram", handler)
+    with bus:
+        bus.send_many("inbound", [msg(content=str(n)) for n in range(2)])
+        bus.send_many(Direction.INBOUND, [msg(content=str(n)) for n in range(2, 4)])
+        with pytest.raises(TypeError, match="direction must be a Direction, 'inbound' or 'outbound'"):
+            bus.send_many("in", [msg()])
+        with pytest.raises(TypeError, match=r"expected a nekobot_bus\.Message"):
+            bus.send_many("inbound", [msg(), "not a message"])  # type: ignore[list-item]
+        assert done.wait(WAIT)
+        assert bus.wait_idle(WAIT)
+    assert sorted(seen) == ["0", "1", "2", "3"], "a refused batch sent part of itself"
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [lambda: None, lambda message, extra: None, lambda *, message: None],
+    ids=["no parameter", "two required", "keyword only"],
+)
+def test_a_handler_that_cannot_take_a_message_is_refused_at_registration(
+    make_bus: BusFactory, handler: object
+) -> None:
+    bus = make_bus()
+    with pytest.raises(TypeError, match="cannot be called with one message"):
+        bus.register_inbound_handler("telegram", handler)  # type: ignore[arg-type]
+
+    def with_a_default(message: Message, retries: int = 3) -> None:
+        pass
+
+    bus.register_inbound_handler("telegram", with_a_default)
+
+
+def test_a_send_before_a_start_that_never_comes_is_counted(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    bus.register_inbound_handler("telegram", lambda message: None)
+    bus.send_inbound(msg())
+    assert bus.stop(WAIT)
+    m = bus.get_metrics()
+    if "pending_in" in m:  # the queue delivery: the entry waits in its stream for the group
+        assert m["sent_in"] == 1
+    else:
+        assert (m["messages_in"], m["dropped_in"]) == (1, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -269,3 +270,167 @@ def test_bench_names_an_unreachable_redis_and_how_to_start_one() -> None:
     assert done.returncode == 3
     assert "redis://127.0.0.1:1/0 does not answer" in done.stderr
     assert "redis-server" in done.stderr
+
+
+HOSTILE = "\x1b[2J\x1b[31mHACKED\x1b]0;owned\x07\r\nforged line\x9b31m\u202eevil"
+
+
+def test_tail_shows_what_chat_users_wrote_as_visible_escapes(redis_server: RedisServer) -> None:
+    hostile = Message(channel_id="telegram", session_id="s\x1b[1m", username="ann\r\x1b[2K", content=HOSTILE)
+    long = Message(channel_id="telegram", content="x" * 100_000)
+    with (
+        tailing("--redis-url", redis_server.url, "--count", "2") as text,
+        tailing("--redis-url", redis_server.url, "--count", "2", "--json") as as_json,
+    ):
+        client: Any = redis_server.client()
+        deadline = time.monotonic() + 10
+        while sum(int(c["psub"]) > 0 for c in client.client_list()) < 2:  # NUMPAT counts patterns, not tails
+            assert time.monotonic() < deadline, "tail never subscribed"
+            time.sleep(0.05)
+        client.publish("nekobot:bus:inbound:telegram", codec.encode(hostile))
+        client.publish("nekobot:bus:inbound:telegram", codec.encode(long))
+        client.close()
+        out, _ = finish(text)
+        json_out, _ = finish(as_json)
+    lines = out.splitlines()
+    assert len(lines) == 2, "a chat user's \\r or \\n made a line of tail's own"
+    unsafe = [c for c in out if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c == "\u202e"]
+    assert unsafe == [], f"control characters reached the terminal: {unsafe!r}"
+    assert "\\x1b[2J\\x1b[31mHACKED" in lines[0]
+    assert "ann\\r\\x1b[2K" in lines[0]
+    assert "\\u202eevil" in lines[0]
+    assert lines[1].endswith("… [99700 more characters]"), lines[1][-60:]
+    assert not [c for c in json_out if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0]
+    first, second = (json.loads(line) for line in json_out.splitlines())
+    assert first["message"]["content"] == HOSTILE  # --json keeps every character, escaped
+    assert len(second["message"]["content"]) == 100_000
+
+
+def test_tail_into_a_closed_pipe_ends_quietly(redis_server: RedisServer) -> None:
+    reader, writer = os.pipe()
+    tail = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, "tail", "--redis-url", redis_server.url],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(writer)
+    try:
+        wait_for_listeners(redis_server)
+        with os.fdopen(reader, "rb") as head:  # what `head -1` does: read a line, then go away
+            client: Any = redis_server.client()
+            client.publish("nekobot:bus:inbound:telegram", codec.encode(Message(channel_id="telegram")))
+            assert head.readline()
+        for _ in range(50):  # until tail writes into the closed pipe
+            client.publish("nekobot:bus:inbound:telegram", codec.encode(Message(channel_id="telegram")))
+            if tail.poll() is not None:
+                break
+            time.sleep(0.1)
+        client.close()
+        _, err = tail.communicate(timeout=10)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    assert err == ""
+
+
+def test_bad_addresses_exit_2_with_one_line_and_no_traceback() -> None:
+    cases = [
+        (["--redis-url", "localhost:6379"], "--redis-url must be a URL"),
+        (["--redis-url", "http://localhost:6379/0"], "must start with one of redis://"),
+        (["--redis-url", "redis://localhost:99999/0"], "the port must be a number from 1 to 65535"),
+        (["--redis-url", "redis://localhost:6379/x"], "the database in the URL path must be a number"),
+        (["--config", '{"bus": {"type": "redis", "redis_addr": "redis://localhost:6379"}}'], "not a URL"),
+        (["--config", '{"bus": {"type": "redis", "redis_addr": "localhost:port"}}'], "bus.redis_addr"),
+        (["--config", '{"type": "redis", "redis_addr": "localhost:6379"}'], "belong under 'bus'"),
+        (["--config", '{"buss": {"type": "redis"}}'], "did you mean 'bus'"),
+    ]
+    for args, complaint in cases:
+        for command in (["tail"], ["send", "--channel", "t"]):
+            done = run(*command, *args)
+            assert done.returncode == 2, (args, done.stderr)
+            assert complaint in done.stderr, (args, done.stderr)
+            assert "Traceback" not in done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_wrong_password_and_a_missing_database_say_so(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="right")
+    server.start()
+    try:
+        host = f"127.0.0.1:{server.port}"
+        wrong = run("tail", "--redis-url", f"redis://:wrong@{host}/0")
+        missing = run("tail", "--redis-url", f"redis://{host}/0")
+        database = run("tail", "--redis-url", f"redis://:right@{host}/99")
+    finally:
+        server.stop()
+    for done in (wrong, missing):
+        assert done.returncode == 3, done.stderr
+        assert "authentication failed" in done.stderr
+        assert "wrong" not in done.stderr.replace("authentication", "")
+    assert database.returncode == 2, database.stderr
+    assert "has no database 99" in database.stderr
+    assert "right" not in database.stderr
+
+
+def test_the_hint_names_the_port_given() -> None:
+    done = run("tail", "--redis-url", "redis://127.0.0.1:1/0")
+    assert done.returncode == 3
+    assert "redis-server --port 1 " in done.stderr
+
+
+def test_without_the_redis_extra_send_tail_and_bench_name_the_extra() -> None:
+    for command in (
+        ["send", "--redis-url", "redis://localhost:6379/0", "--channel", "t"],
+        ["tail", "--redis-url", "redis://localhost:6379/0"],
+        ["bench", "--backend", "redis", "--no-progress"],
+    ):
+        done = run(*command, code=WITHOUT_REDIS)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "pip install 'nekobot_bus[redis]'" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_no_password_in_bench_output() -> None:
+    done = run(
+        "bench", "--backend", "local", "--backend", "redis", "--count", "200", "--rounds", "1",
+        "--json", "--no-progress", "--redis-url", "redis://:secretpw@127.0.0.1:1/0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "secretpw" not in done.stdout + done.stderr
+    assert json.loads(done.stdout)["options"]["redis_url"] == "redis://127.0.0.1:1/0"
+
+
+def test_send_file_refuses_message_flags_and_stamps_a_missing_timestamp(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "message.json"
+    path.write_text('{"channel_id": "telegram", "content": "from a file"}')
+    mixed = run("send", "--redis-url", redis_server.url, "--file", str(path), "--channel", "other")
+    assert mixed.returncode == 2
+    assert "--channel cannot be used with it" in mixed.stderr
+    with tailing("--redis-url", redis_server.url, "--count", "1", "--json") as tail:
+        wait_for_listeners(redis_server)
+        sent = run("send", "--redis-url", redis_server.url, "--file", str(path))
+        out, _ = finish(tail)
+    assert sent.returncode == 0, sent.stderr
+    stamp = json.loads(out)["message"]["timestamp"]
+    assert not stamp.startswith("0001-"), stamp
+
+
+def test_usage_errors_belong_to_the_command_and_verbose_goes_anywhere() -> None:
+    unknown = run("send", "--redis-url", "redis://localhost:6379/0", "--bogus")
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("usage: nekobot-bus send")
+    assert "unrecognized arguments: --bogus" in unknown.stderr
+    negative = run("demo", "--timeout", "-1")
+    assert negative.returncode == 2
+    assert "above 0" in negative.stderr
+    verbose = run("demo", "-v", stdin="hi\n")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "create_bus built <LocalBus" in verbose.stderr
+    helped = run("tail", "--help")
+    assert "only the agent's replies (default: both directions)" in helped.stdout

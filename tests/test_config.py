@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,10 @@ def test_documented_shape_as_mapping_json_and_path(tmp_path: Path) -> None:
     [
         ({"bus": {"type": "kafka"}}, r"bus.type 'kafka' is not a known backend; known: .*'local'"),
         ({"bus": {"type": 3}}, "bus.type must be a string"),
-        ({"bus": {"type": "local", "workerz": 2}}, "unknown key bus.workerz; bus accepts: .*workers"),
+        (
+            {"bus": {"type": "local", "workerz": 2}},
+            r"unknown key bus.workerz; did you mean bus.workers\? bus accepts: .*workers",
+        ),
         ({"bus": {"workers": 0}}, r"bus.workers must be an integer >= 1, not 0"),
         ({"bus": {"workers": "4"}}, "bus.workers must be an integer, not '4'"),
         ({"bus": {"workers": True}}, "bus.workers must be an integer"),
@@ -70,3 +74,58 @@ def test_third_party_backends_can_be_registered() -> None:
     assert "echo" in nekobot_bus.available_backends()
     with pytest.raises(TypeError):
         register_backend("bad", dict)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"type": "redis", "redis_addr": "localhost:6379"}, r"type, redis_addr belong under 'bus'"),
+        ({"workers": 2}, r"workers belongs under 'bus'"),
+        ({"message_queue_size": 10}, r"message_queue_size belongs under 'gateway'"),
+        ({"buss": {"type": "redis"}}, r"'buss' is not read; did you mean 'bus'\?"),
+        ({"bsu": {}}, r"did you mean 'bus'\?"),
+        ({"gatway": {}}, r"did you mean 'gateway'\?"),
+        ({"Bus": {}}, r"did you mean 'bus'\?"),
+        ({"bus": {"type": "local", "wokers": 2}}, r"did you mean bus\.workers\?"),
+    ],
+)
+def test_a_config_that_would_silently_build_a_local_bus_is_refused(config: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_bus(config)
+
+
+def test_other_sections_of_a_go_config_stay_ignored() -> None:
+    config = {
+        "bus": {"type": "local"},
+        **{key: {} for key in ["agents", "channels", "tools", "providers", "heartbeat", "users", "logging"]},
+    }
+    assert isinstance(create_bus(config), LocalBus)
+
+
+@pytest.mark.parametrize(
+    ("bus", "message"),
+    [
+        ({"redis_addr": "redis://localhost:6379"}, "bus.redis_addr is host:port.*not a URL"),
+        ({"redis_addr": "localhost:port"}, "bus.redis_addr: the port must be a number from 1 to 65535"),
+        ({"redis_addr": "localhost:0"}, "bus.redis_addr: the port must be a number from 1 to 65535"),
+        ({"redis_addr": "localhost:6379/2"}, "bus.redis_addr is host:port"),
+        ({"redis_url": "localhost:6379"}, r"bus.redis_url must be a URL .* \(no scheme\)"),
+        ({"redis_url": "http://localhost:6379/0"}, "bus.redis_url must start with one of redis://"),
+        ({"redis_url": "redis://localhost:70000/0"}, "bus.redis_url: the port must be a number"),
+        ({"redis_url": "redis://localhost:6379/x"}, "the database in the URL path must be a number"),
+        (
+            {"redis_url": "redis://:hunter2@:6379/0"},
+            r"bus.redis_url names no host: 'redis://:\*\*\*@:6379/0'",
+        ),
+    ],
+)
+def test_redis_addresses_are_checked_when_the_bus_is_built(bus: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_bus({"bus": {"type": "redis", **bus}})
+
+
+def test_create_bus_logs_what_it_built_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nekobot_bus")
+    create_bus({"bus": {"type": "redis", "redis_url": "redis://:hunter2@127.0.0.1:6390/2"}})
+    assert "create_bus built <RedisBus new redis://127.0.0.1:6390/2" in caplog.text
+    assert "hunter2" not in caplog.text

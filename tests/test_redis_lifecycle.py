@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nekobot_bus import Bus, BusConnectionError, Direction, Message, create_bus
+from nekobot_bus import Bus, BusConnectionError, Message, create_bus
 
 from .conftest import queue_config, redis_config
 from .redis_server import RedisServer
@@ -94,31 +94,6 @@ def test_a_drain_that_meets_a_paused_server_reports_failure(
         assert bus.stop(timeout=3.0, drain=True) is False
     finally:
         redis_server.resume()
-
-
-def test_send_many_takes_the_direction_by_name_and_refuses_anything_else(
-    redis_server: RedisServer, buses: list[Bus], delivery: str
-) -> None:
-    bus = build(buses, delivery, redis_server)
-    seen: list[str] = []
-    done = threading.Event()
-
-    def handler(message: Message) -> None:
-        seen.append(message.content)
-        if len(seen) == 4:
-            done.set()
-
-    bus.register_inbound_handler("telegram", handler)
-    with bus:
-        send_many = bus.send_many  # type: ignore[attr-defined]
-        send_many("inbound", [Message(channel_id="telegram", content=str(n)) for n in range(2)])
-        send_many(Direction.INBOUND, [Message(channel_id="telegram", content=str(n)) for n in range(2, 4)])
-        with pytest.raises(TypeError, match="direction must be a Direction, 'inbound' or 'outbound'"):
-            send_many("sideways", [Message(channel_id="telegram")])
-        with pytest.raises(TypeError, match=r"expected a nekobot_bus\.Message"):
-            send_many("inbound", ["not a message"])
-        assert done.wait(WAIT)
-    assert sorted(seen) == ["0", "1", "2", "3"]
 
 
 def test_sends_ride_out_a_blip_but_fail_at_once_in_an_outage(

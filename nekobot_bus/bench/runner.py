@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..cli._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..errors import BusConnectionError, NekobotBusError
 from ._options import options_from
 from ._progress import Progress
 from ._stats import Result
@@ -21,22 +22,18 @@ def run(args: argparse.Namespace) -> int:
     """Measure what *args* asks for, print the report; return the exit status."""
     options = options_from(args)
     wants_redis = bool(options.backends & {"redis", "redis-queue"})
-    redis_ok = wants_redis and _reachable(options.redis_url)
+    problem = _redis_problem(options.redis_url) if wants_redis else None
+    redis_ok = wants_redis and problem is None
     # Imported here: the local lines need neither redis-py nor a server.
     from .scaling import run_scaling, steps_scaling  # noqa: PLC0415
 
     if redis_ok:
         from .redis_fanout import run_redis, steps_redis  # noqa: PLC0415
         from .redis_queue import run_redis_queue, steps_redis_queue  # noqa: PLC0415
-    if wants_redis and not redis_ok:
-        print(
-            f"error: Redis at {options.redis_url} does not answer, so the Redis lines are left out. "
-            "Start one with 'redis-server --port 6379 --save \"\" --daemonize yes', "
-            "or point --redis-url at yours.",
-            file=sys.stderr,
-        )
+    if problem is not None:
+        print(f"error: {problem[0]}; the Redis lines are left out.", file=sys.stderr)
         if args.backend and "all" not in args.backend and not options.backends & {"local", "local-inline"}:
-            return EXIT_CONNECTION
+            return problem[1]
     total = steps_local(options) + steps_scaling(options, redis_ok)
     if redis_ok:
         total += steps_redis(options) + steps_redis_queue(options)
@@ -69,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         document: dict[str, Any] = {
             "machine": machine(),
-            "options": {**vars(options), "backends": sorted(options.backends)},
+            "options": {
+                **vars(options),
+                "backends": sorted(options.backends),
+                "redis_url": _shown(options.redis_url),
+            },
             "results": [r.summary() for r in results],
             "targets": targets,
             "scaling": scaling,
@@ -82,12 +83,24 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if missed and args.check else EXIT_OK
 
 
-def _reachable(url: str) -> bool:
+def _redis_problem(url: str) -> tuple[str, int] | None:
+    """Why the Redis lines cannot run, and the exit status that says so; ``None`` when they can."""
     try:
-        from ..backends.redis.client import ping_problem  # noqa: PLC0415 - needs the redis extra
+        from ..backends.redis.client import check_reachable  # noqa: PLC0415 - needs the redis extra
     except ImportError:
-        print(
-            "error: the Redis lines need the redis extra: pip install 'nekobot_bus[redis]'", file=sys.stderr
-        )
-        return False
-    return ping_problem(url) is None
+        return "the Redis lines need the redis extra: pip install 'nekobot_bus[redis]'", EXIT_USAGE
+    try:
+        check_reachable(url)
+    except BusConnectionError as exc:
+        return str(exc), EXIT_CONNECTION
+    except NekobotBusError as exc:
+        return str(exc), EXIT_USAGE
+    return None
+
+
+def _shown(url: str) -> str:
+    try:
+        from ..backends.redis.client import redact  # noqa: PLC0415 - needs the redis extra
+    except ImportError:
+        return url.rsplit("@", maxsplit=1)[-1]
+    return redact(url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_parser(commands)
     send.add_parser(commands)
     demo.add_parser(commands)
+    for command in commands.choices.values():  # -v after the command too; SUPPRESS keeps one given before
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as nekobot-bus -v"
+        )
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -75,15 +81,31 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # The library logs reconnects and the like; a shell user sees errors only, unless -v.
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR, format="nekobot-bus: %(levelname)s %(message)s"
     )
     try:
         result: int = args.run(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output stopped (``tail | head -1``): done, as Unix tools are.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
+    except ModuleNotFoundError as exc:
+        if exc.name not in _NEEDS_REDIS:
+            raise
+        print(
+            f"error: nekobot-bus {args.command} needs the redis extra: pip install 'nekobot_bus[redis]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except BusConnectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONNECTION
@@ -91,3 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return result
+
+
+#: Modules of the ``redis`` extra; a command that cannot import them names the extra.
+_NEEDS_REDIS = frozenset({"redis", "hiredis"})

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._options import section
-from ..config import load_config
-from ..errors import BusConnectionError, ConfigError
+from ..config import check_sections, load_config
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..backends.redis.keyspace import Keyspace
@@ -32,8 +32,11 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
     """The config the command works on; it must name a Redis bus."""
     if args.redis_url:
-        return {"bus": {"type": "redis", "redis_url": args.redis_url}}
+        from ..backends.redis.options import checked_url  # noqa: PLC0415 - the redis extra
+
+        return {"bus": {"type": "redis", "redis_url": checked_url(args.redis_url, "--redis-url")}}
     config = load_config(args.config)
+    check_sections(config)
     kind = section(config, "bus").get("type", "local")
     if kind != "redis":
         raise ConfigError(
@@ -54,12 +57,11 @@ def redis_target(config: Mapping[str, Any]) -> RedisTarget:
 
 
 def ensure_reachable(target: RedisTarget) -> None:
-    """Fail at once, naming the address (never the password), when Redis does not answer."""
-    from ..backends.redis.client import ping_problem, redact  # noqa: PLC0415 - needs the redis extra
+    """Fail at once, naming the address (never the password) and the reason, when Redis does not answer.
 
-    problem = ping_problem(target.url)
-    if problem is not None:
-        raise BusConnectionError(
-            f"Redis at {redact(target.url)} does not answer ({problem}); is it running? "
-            "e.g. redis-server --port 6379 --daemonize yes"
-        )
+    :raises ConfigError: the database named does not exist there.
+    :raises BusConnectionError: nothing answers, or the credentials were refused.
+    """
+    from ..backends.redis.client import check_reachable  # noqa: PLC0415 - needs the redis extra
+
+    check_reachable(target.url)

@@ -8,6 +8,7 @@ import threading
 
 from ..config import create_bus
 from ..message import Message
+from ._arguments import positive_seconds
 
 __all__ = ["add_parser", "run"]
 
@@ -22,7 +23,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="example: printf 'hello\\nhow are you?\\n' | nekobot-bus demo",
     )
     demo.add_argument("--config", help="a bus config (JSON text or file); default: the local bus")
-    demo.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (5)")
+    demo.add_argument(
+        "--timeout", type=positive_seconds, default=5.0, help="seconds to wait for each reply (5)"
+    )
     demo.set_defaults(run=run)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+
+import attrs
 
 from .. import codec
 from ..config import create_bus
@@ -15,6 +18,17 @@ from ..message import Message
 from ._target import add_target_arguments, config_from, ensure_reachable, redis_target
 
 __all__ = ["add_parser", "run"]
+
+#: The flags that build a message, besides --channel, and their help.
+_MESSAGE_FLAGS = {
+    "--session": "session id",
+    "--user-id": "user id",
+    "--username": "user name",
+    "--type": "message type (default: text)",
+    "--content": "the text",
+    "--data": "a JSON object of extra data",
+    "--reply-to": "id of the message this answers",
+}
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,30 +47,47 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_target_arguments(send)
     way = send.add_mutually_exclusive_group()
-    way.add_argument("--inbound", dest="direction", action="store_const", const=Direction.INBOUND)
-    way.add_argument("--outbound", dest="direction", action="store_const", const=Direction.OUTBOUND)
+    way.add_argument(
+        "--inbound",
+        dest="direction",
+        action="store_const",
+        const=Direction.INBOUND,
+        help="as if a chat channel received it, for the agent (the default)",
+    )
+    way.add_argument(
+        "--outbound",
+        dest="direction",
+        action="store_const",
+        const=Direction.OUTBOUND,
+        help="as if the agent answered, for the channel",
+    )
     send.set_defaults(direction=Direction.INBOUND)
-    send.add_argument("--file", help="the message as JSON (the Go gateway's shape); '-' reads stdin")
-    send.add_argument("--channel", help="channel id, e.g. telegram (required without --file)")
-    send.add_argument("--session", default="", help="session id")
-    send.add_argument("--user-id", default="", help="user id")
-    send.add_argument("--username", default="", help="user name")
-    send.add_argument("--type", default="text", help="message type (default: text)")
-    send.add_argument("--content", default="", help="the text")
-    send.add_argument("--data", default="{}", help="a JSON object of extra data")
-    send.add_argument("--reply-to", default="", help="id of the message this answers")
+    send.add_argument(
+        "--file",
+        help="the whole message as JSON (the Go gateway's shape); '-' reads stdin; "
+        "stamped now if it has no timestamp; excludes the flags below",
+    )
+    built = send.add_argument_group("the message, without --file")
+    built.add_argument("--channel", help="channel id, e.g. telegram (required)")
+    for flag, what in _MESSAGE_FLAGS.items():
+        built.add_argument(flag, default=None, help=what)
     send.set_defaults(run=run)
 
 
 def build_message(args: argparse.Namespace) -> Message:
     """The message the flags or the file describe."""
+    flags = {"--channel": args.channel} | {
+        flag: getattr(args, flag[2:].replace("-", "_")) for flag in _MESSAGE_FLAGS
+    }
     if args.file:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-        return codec.decode(text)
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(f"--file gives the whole message; {', '.join(given)} cannot be used with it")
+        return _from_file(args.file)
     if not args.channel:
         raise ConfigError("--channel is required unless the message comes from --file")
     try:
-        data = json.loads(args.data)
+        data = json.loads(args.data or "{}")
     except ValueError as exc:
         raise ConfigError(f"--data is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -64,16 +95,27 @@ def build_message(args: argparse.Namespace) -> Message:
     try:
         return Message(
             channel_id=args.channel,
-            session_id=args.session,
-            user_id=args.user_id,
-            username=args.username,
-            type=args.type,
-            content=args.content,
+            session_id=args.session or "",
+            user_id=args.user_id or "",
+            username=args.username or "",
+            type=args.type or "text",
+            content=args.content or "",
             data=data,
-            reply_to=args.reply_to,
+            reply_to=args.reply_to or "",
         )
     except ValueError as exc:  # a bad channel id or type
         raise ConfigError(str(exc)) from None
+
+
+def _from_file(path: str) -> Message:
+    """The message in *path* (``-``: stdin), stamped now when the file gives no timestamp."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    message = codec.decode(text)
+    try:
+        stamped = "timestamp" in json.loads(text)
+    except ValueError:  # decode() accepted it, so it is JSON; be safe anyway
+        stamped = True
+    return message if stamped else attrs.evolve(message, timestamp=datetime.now(timezone.utc))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ from .. import codec
 from ..dispatch import Direction
 from ..errors import MessageDecodeError
 from ..message import validate_channel_id
+from ._arguments import positive_count, positive_seconds
 from ._target import RedisTarget, add_target_arguments, config_from, ensure_reachable, redis_target
+from ._terminal import LONGEST, json_line, visible
 
 if TYPE_CHECKING:
     import redis
@@ -42,13 +44,29 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_target_arguments(tail)
     way = tail.add_mutually_exclusive_group()
-    way.add_argument("--inbound", dest="directions", action="store_const", const=(Direction.INBOUND,))
-    way.add_argument("--outbound", dest="directions", action="store_const", const=(Direction.OUTBOUND,))
+    way.add_argument(
+        "--inbound",
+        dest="directions",
+        action="store_const",
+        const=(Direction.INBOUND,),
+        help="only messages for the agent (default: both directions)",
+    )
+    way.add_argument(
+        "--outbound",
+        dest="directions",
+        action="store_const",
+        const=(Direction.OUTBOUND,),
+        help="only the agent's replies (default: both directions)",
+    )
     tail.set_defaults(directions=tuple(Direction))
     tail.add_argument("--channel", action="append", help="only this channel id; repeat for several")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.add_argument("--count", type=int, help="exit after this many messages")
-    tail.add_argument("--timeout", type=float, help="exit after this many seconds")
+    tail.add_argument(
+        "--json",
+        action="store_true",
+        help=f"one JSON object per line, every field whole (text cuts fields at {LONGEST} characters)",
+    )
+    tail.add_argument("--count", type=positive_count, help="exit after this many messages")
+    tail.add_argument("--timeout", type=positive_seconds, help="exit after this many seconds")
     tail.set_defaults(run=run)
 
 
@@ -87,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
                     seen += 1
                     if args.count is not None and seen >= args.count:
                         return 0
+            except BrokenPipeError:
+                raise  # stdout closed (tail | head): main() ends quietly, not a lost Redis
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if not lost:
                     gap = "" if target.delivery == "queue" else "; what is published meanwhile is not shown"
@@ -169,31 +189,32 @@ def _streams(client: redis.Redis, target: RedisTarget, names: dict[str, Directio
 
 
 def _render(direction: Direction, channel: str, payload: bytes, *, as_json: bool) -> str:
+    """One line for *payload*: JSON, or text in which nothing a chat user wrote can act on the terminal."""
     try:
         message = codec.decode(payload)
     except MessageDecodeError as exc:
         preview = payload[:80].decode("utf-8", "replace")
         if as_json:
-            return json.dumps(
+            return json_line(
                 {
                     "direction": direction.value,
                     "channel": channel,
                     "error": str(exc),
                     "bytes": len(payload),
                     "preview": preview,
-                },
-                ensure_ascii=False,
+                }
             )
-        return f"{'-':<27} {direction.value:<8} {channel:<12} <undecodable, {len(payload)} bytes: {exc}>"
+        return (
+            f"{'-':<27} {direction.value:<8} {visible(channel):<12} "
+            f"<undecodable, {len(payload)} bytes: {visible(str(exc))}>"
+        )
     if as_json:
         wire = json.loads(codec.encode(message))
-        return json.dumps(
-            {"direction": direction.value, "channel": channel, "message": wire}, ensure_ascii=False
-        )
-    who = message.username or message.user_id or "-"
+        return json_line({"direction": direction.value, "channel": channel, "message": wire})
+    who = visible(message.username or message.user_id or "-", 64)
     kind = "" if message.type.value == "text" else f"[{message.type.value}] "
-    reply = f" (reply to {message.reply_to})" if message.reply_to else ""
+    reply = f" (reply to {visible(message.reply_to, 64)})" if message.reply_to else ""
     return (
-        f"{codec.format_timestamp(message.timestamp):<27} {direction.value:<8} {channel:<12} "
-        f"{message.session_id or '-':<16} {who}: {kind}{message.content}{reply}"
+        f"{codec.format_timestamp(message.timestamp):<27} {direction.value:<8} {visible(channel, 64):<12} "
+        f"{visible(message.session_id or '-', 64):<16} {who}: {kind}{visible(message.content)}{reply}"
     )

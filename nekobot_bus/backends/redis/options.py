@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 
@@ -127,16 +127,75 @@ class Address:
     redis_db: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(0)))
 
     def url(self) -> str:
-        """The ``redis://`` URL, password included (never show it: :func:`.client.redact`)."""
+        """The ``redis://`` URL, password included (never show it: :func:`.client.redact`).
+
+        :raises ConfigError: naming the key and the rule, for an address or
+            URL that is not one (a scheme in ``redis_addr``, a bad port, a
+            database that is not a number ...).
+        """
         if self.redis_url is not None:
             if (self.redis_addr, self.redis_password, self.redis_db) != (None, None, None):
                 raise ConfigError(
                     "bus.redis_url and bus.redis_addr/redis_password/redis_db exclude each other"
                 )
-            return self.redis_url
-        addr = self.redis_addr or "localhost:6379"
+            return checked_url(self.redis_url, "bus.redis_url")
+        addr = checked_addr(self.redis_addr or "localhost:6379", "bus.redis_addr")
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{addr}/{self.redis_db or 0}"
+
+
+URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def checked_addr(addr: str, key: str) -> str:
+    """*addr*, ``host:port`` (or ``host``, or ``[v6]:port``), checked; *key* names it in the error."""
+    if "://" in addr:
+        raise ConfigError(
+            f"{key} is host:port, like 'localhost:6379', not a URL: {addr!r}; "
+            "give a URL as bus.redis_url (or --redis-url) instead"
+        )
+    if "/" in addr or "@" in addr:
+        raise ConfigError(f"{key} is host:port, like 'localhost:6379', not {addr!r}")
+    _port_of(urlsplit(f"redis://{addr}"), key, addr)
+    return addr
+
+
+def checked_url(url: str, key: str) -> str:
+    """*url*, a ``redis://``, ``rediss://`` or ``unix://`` URL, checked; *key* names it in the error."""
+    if "://" not in url:
+        raise ConfigError(f"{key} must be a URL such as 'redis://localhost:6379/0', not {url!r} (no scheme)")
+    parts = urlsplit(url)
+    if parts.scheme not in URL_SCHEMES:
+        raise ConfigError(
+            f"{key} must start with one of {', '.join(s + '://' for s in URL_SCHEMES)}, "
+            f"not {parts.scheme + '://'!r}"
+        )
+    if parts.scheme == "unix":
+        return url
+    if not parts.hostname:
+        raise ConfigError(f"{key} names no host: {_shown(url)!r}")
+    _port_of(parts, key, _shown(url))
+    database = parts.path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ConfigError(f"{key}: the database in the URL path must be a number, like /0, not /{database}")
+    return url
+
+
+def _port_of(parts: Any, key: str, shown: str) -> None:
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{key}: the port must be a number from 1 to 65535, in {shown!r}") from None
+    if port == 0:
+        raise ConfigError(f"{key}: the port must be a number from 1 to 65535, in {shown!r}")
+
+
+def _shown(url: str) -> str:
+    """*url* without its password, for an error message (the client module's redact needs redis)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 @attrs.frozen(kw_only=True)
