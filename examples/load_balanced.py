@@ -9,6 +9,11 @@ queue delivery, sends ``--messages`` inbound messages from this gateway
 process, and counts the replies: every message is answered once, and each
 agent took a share. Kill an agent meanwhile and the others take over its
 unfinished messages after ``claim_idle``.
+
+With ``--shards 16`` each conversation stays in order across the agents:
+the streams are split by session into 16 shards, each read by one agent at
+a time, and the agents share the shards out among themselves (a new agent
+gets its share within a second or two).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import redis
@@ -26,7 +32,7 @@ import redis
 from nekobot_bus import Message, create_bus
 
 
-def config(redis_url: str, prefix: str, group: str = "agents") -> dict[str, object]:
+def config(redis_url: str, prefix: str, group: str = "agents", shards: int = 0) -> dict[str, object]:
     return {
         "bus": {
             "type": "redis",
@@ -36,12 +42,13 @@ def config(redis_url: str, prefix: str, group: str = "agents") -> dict[str, obje
             "group": group,
             "claim_idle": 5.0,
             "dedup_window": 600,
+            "shards": shards,
         }
     }
 
 
-def run_agent(redis_url: str, prefix: str) -> int:
-    bus = create_bus(config(redis_url, prefix))
+def run_agent(redis_url: str, prefix: str, shards: int) -> int:
+    bus = create_bus(config(redis_url, prefix, shards=shards))
     name = f"agent-{os.getpid()}"
     bus.register_inbound_handler(
         "console", lambda m: bus.send_outbound(m.reply(f"{name} answers {m.content}"))
@@ -52,10 +59,11 @@ def run_agent(redis_url: str, prefix: str) -> int:
     return 0
 
 
-def run_gateway(redis_url: str, prefix: str, agents: int, count: int) -> int:
+def run_gateway(redis_url: str, prefix: str, agents: int, count: int, shards: int) -> int:
+    agent_command = [sys.executable, __file__, "--agent", "--redis-url", redis_url, "--prefix", prefix]
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--agent", "--redis-url", redis_url, "--prefix", prefix],
+            [*agent_command, "--shards", str(shards)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -69,7 +77,7 @@ def run_gateway(redis_url: str, prefix: str, agents: int, count: int) -> int:
                 print("an agent did not start", file=sys.stderr)
                 return 1
         # The gateway reads replies in its own group: it must see all of them.
-        gateway = create_bus(config(redis_url, prefix, group="gateway"))
+        gateway = create_bus(config(redis_url, prefix, group="gateway", shards=shards))
         replies: collections.Counter[str] = collections.Counter()
         answered: set[str] = set()
         done = threading.Event()
@@ -84,6 +92,8 @@ def run_gateway(redis_url: str, prefix: str, agents: int, count: int) -> int:
 
         gateway.register_outbound_handler("console", collect)
         with gateway:
+            if shards:
+                time.sleep(2.0)  # the agents share the shards out (a join takes a second or two)
             for n in range(count):
                 gateway.send_inbound(
                     Message(channel_id="console", session_id=f"user-{n % 20}", content=str(n))
@@ -116,12 +126,13 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://localhost:6379/0")
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--shards", type=int, default=0, help="split streams by session (0: no shards)")
     parser.add_argument("--prefix", default=f"nekobot-example:{uuid.uuid4().hex[:8]}:")
     parser.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent:
-        return run_agent(args.redis_url, args.prefix)
-    return run_gateway(args.redis_url, args.prefix, args.agents, args.messages)
+        return run_agent(args.redis_url, args.prefix, args.shards)
+    return run_gateway(args.redis_url, args.prefix, args.agents, args.messages, args.shards)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .redis_server import RedisServer, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -119,8 +121,19 @@ def test_flask_webhook_gateway() -> None:
     assert "to chat 42: echo: hello" in out, err
 
 
-def test_load_balanced_agents(redis_server: RedisServer) -> None:
-    done = example("load_balanced.py", "--redis-url", redis_server.url, "--agents", "3", "--messages", "300")
+@pytest.mark.parametrize("shards", ["0", "16"])
+def test_load_balanced_agents(redis_server: RedisServer, shards: str) -> None:
+    done = example(
+        "load_balanced.py",
+        "--redis-url",
+        redis_server.url,
+        "--agents",
+        "3",
+        "--messages",
+        "300",
+        "--shards",
+        shards,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "300 messages, 300 answers, each answered once: True"

@@ -620,3 +620,31 @@ def test_shards_keep_session_order_when_an_agent_is_killed(
         for agent in agents:
             agent.ensure_dead()
     assert sum(m["handled_in"] for m in survivors) > 0
+
+
+def test_a_sharded_agent_that_joins_gets_its_share_within_two_seconds(
+    redis_server: RedisServer, buses: list[Bus]
+) -> None:
+    """With the default claim_idle (30 s): sharing does not wait for the lease's renewal period."""
+
+    def holds(agent: RedisStreamBus) -> int:
+        return len(agent.health()["shards"] or ())
+
+    def wait_for(condition: Any, what: str, within: float) -> float:
+        started = time.monotonic()
+        while not condition():
+            assert time.monotonic() - started < within, f"{what} took more than {within} s"
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    first, second = (
+        new_bus(buses, redis_server, group="agents", shards=16, claim_idle=30.0) for _ in range(2)
+    )
+    for agent in (first, second):
+        agent.register_inbound_handler("telegram", lambda message: None)
+    first.start()
+    wait_for(lambda: holds(first) == 16, "the first agent taking every shard", WAIT)
+    second.start()
+    wait_for(lambda: holds(first) == holds(second) == 8, "sharing with a new agent", 2.0)
+    second.stop(WAIT)
+    wait_for(lambda: holds(first) == 16, "taking back the shards of an agent that stopped", 2.0)

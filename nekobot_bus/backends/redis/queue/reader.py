@@ -57,6 +57,9 @@ BLOCK = 0.25
 _READ_COUNT = 256  # entries per stream per read
 _PAGE = 1000  # pending entries per XPENDING page when taking over a shard
 _DISCOVERY_INTERVAL = 1.0  # seconds between looks for new streams, for "*" handlers
+#: Seconds between two rounds of shard sharing (heartbeat, renew, give back, take):
+#: a member that joins or leaves gets or gives its share within about three.
+SHARE_INTERVAL = 0.5
 
 
 @dataclasses.dataclass
@@ -160,7 +163,7 @@ class StreamReader:
         options = self._options
         if options.shards and now >= plan.lease_at:
             self._refresh_leases(conn)
-            plan.lease_at = now + options.claim_idle / 4
+            plan.lease_at = now + min(SHARE_INTERVAL, options.claim_idle / 4)
         shards = self.readable_shards() if options.shards else None
         generation = self._subs.generation
         if plan.generation != generation or now >= plan.discovery_at or shards != plan.shards:

@@ -5,15 +5,20 @@ a stable hash of its session id modulo ``N``: a session always lands in the
 same shard. (``[`` cannot appear in a channel id, so shard names never
 collide with a channel's.) A consumer reads a shard only while it holds the
 shard's lease, a Redis key set with ``NX`` and a time to live of
-``claim_idle``, renewed every ``claim_idle / 4``. So one consumer at a time
-reads a session, and one consumer's workers keep a session in order.
+``claim_idle``. So one consumer at a time reads a session, and one
+consumer's workers keep a session in order.
 
-Sharing, per stream among the consumers that read it: they heartbeat into a
-sorted set; each computes its share of the ``N`` shards from the live
-members' count and its rank, takes free leases up to it, and gives back
-extras once it no longer holds entries of them (it stops reading them
-first). A consumer that takes over a shard first claims the entries the
-previous owner left pending, and handles them before any newer one.
+Sharing, per stream among the consumers that read it, in rounds every half
+second (``SHARE_INTERVAL``, or ``claim_idle / 4`` if shorter): they
+heartbeat into a sorted set; each computes its share of the ``N`` shards
+from the live members' count and its rank, renews its leases, takes free
+leases up to its share, and gives back extras once it no longer holds
+entries of them (it stops reading them first). So a member that joins gets
+its share within about three rounds once the owners' workers finish what
+they hold of those shards; one that stops gives its shards back at once;
+one that dies leaves them until its leases expire, ``claim_idle`` later. A
+consumer that takes over a shard first claims the entries the previous
+owner left pending, and handles them before any newer one.
 
 The limit is a lease's: a consumer paused for longer than ``claim_idle``
 (not dead) loses its shards and may finish an entry that the new owner also
