@@ -13,7 +13,7 @@ import argparse
 import contextlib
 import sys
 
-from nekobot_bus import Message, create_bus
+from nekobot_bus import BusConnectionError, Message, create_bus
 
 
 def main() -> int:
@@ -26,6 +26,11 @@ def main() -> int:
         bus.send_outbound(message.reply(f"agent heard {message.content!r} on {message.channel_id}"))
 
     bus.register_inbound_handler("*", answer)  # every channel
+    try:
+        bus.start()
+    except BusConnectionError as exc:  # Redis is not there: say so once, with the reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     with bus:
         print("agent ready", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 
-from nekobot_bus import Message, UnroutedMessageError, create_bus
+from nekobot_bus import BusConnectionError, Message, UnroutedMessageError, create_bus
 
 
 def main() -> int:
@@ -32,6 +32,11 @@ def main() -> int:
             answered.release()
 
     bus.register_outbound_handler("console", show)
+    try:
+        bus.start()
+    except BusConnectionError as exc:  # Redis is not there: say so once, with the reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     with bus:
         for line in sys.stdin:
             try:

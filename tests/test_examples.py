@@ -70,6 +70,15 @@ def test_the_console_says_when_no_agent_listens(redis_server: RedisServer) -> No
     assert "no agent is listening" in done.stderr
 
 
+@pytest.mark.parametrize("name", ["redis_agent.py", "redis_console.py"])
+def test_the_redis_examples_say_once_why_redis_could_not_be_reached(name: str) -> None:
+    done = example(name, "--redis-url", f"redis://127.0.0.1:{free_port()}/0", stdin="")
+    assert done.returncode == 3
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: could not subscribe on Redis at redis://127.0.0.1:")
+    assert line.endswith("Connection refused.")
+
+
 def request(port: int, method: str, path: str, body: object = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:

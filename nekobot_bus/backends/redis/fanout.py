@@ -178,13 +178,20 @@ class RedisBus(RedisBase):
             daemon=True,
         )
         self._reader = reader
+        self._link.starting = True
         reader.start()
         wanted, _ = self._subs.current()
         generation = self._subs.want(set(wanted))  # a new generation: this reader's own confirmation
         timeout = self.send_timeout if self.send_timeout is not None else 30.0
-        if not self._subs.wait(generation, timeout):
+        subscribed = self._subs.wait(generation, timeout)
+        self._link.starting = False
+        if not subscribed:
+            why = self._link.last_error
             self._abandon_start(reader)
-            raise BusConnectionError(f"could not subscribe on Redis at {self.address} within {timeout} s")
+            raise BusConnectionError(
+                f"could not subscribe on Redis at {self.address} within {timeout} s"
+                + (f": {why}" if why else "")
+            )
         with self._lifecycle_pending:
             pending, self._pending = self._pending, []
             try:

@@ -59,6 +59,11 @@ class ReaderLink:
         self._reachability = reachability
         self._conn: Any = None
         self._outage_told = False  # the current outage is in the log
+        #: Why the last connection failed or broke; ``None`` while connected.
+        self.last_error: str | None = None
+        #: Set while ``start()`` waits for this link: the error it raises tells a
+        #: failure to connect, so the log does not say it a second time.
+        self.starting = False
         #: ``time.time()`` of the current connection, ``None`` while disconnected.
         self.connected_since: float | None = None
 
@@ -93,7 +98,8 @@ class ReaderLink:
             self._metrics.incr("reconnects")
 
     def _tell_outage(self, exc: Exception, *, connected: bool, ever_connected: bool) -> None:
-        if self._outage_told:
+        self.last_error = str(exc)
+        if self._outage_told or (self.starting and not ever_connected):
             logger.debug("%s: Redis at %s still unreachable: %s", self._name, self._address, exc)
             return
         self._outage_told = True
@@ -111,6 +117,7 @@ class ReaderLink:
             self._conn = conn
             self.connected_since = time.time()
             self._reachability.reached()
+            self.last_error = None
             if self._outage_told or ever_connected:
                 logger.info("%s reconnected to Redis at %s", self._name, self._address)
             self._outage_told = False

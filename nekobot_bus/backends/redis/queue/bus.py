@@ -256,10 +256,14 @@ class RedisStreamBus(RedisBase):
         )
         self._reader_thread = reader
         generation = self._subs.want(set())
+        self._link.starting = True
         reader.start()
         # Running means reading: the reader has made its groups and takes entries.
         timeout = self.send_timeout if self.send_timeout is not None else 30.0
-        if not self._subs.wait(generation, timeout):
+        reading = self._subs.wait(generation, timeout)
+        self._link.starting = False
+        if not reading:
+            why = self._link.last_error
             self._stopping.set()
             self._link.interrupt()
             reader.join(self._reader_socket_timeout() + self.connection.socket_connect_timeout + 1.0)
@@ -267,6 +271,7 @@ class RedisStreamBus(RedisBase):
                 self._stopping.clear()  # start() may be tried again
             raise BusConnectionError(
                 f"the reader could not start on Redis at {self.address} within {timeout} s"
+                + (f": {why}" if why else "")
             )
         self._acker.start()
 
