@@ -155,8 +155,8 @@ def split_section(
             parts[owner[key]][key] = value
         elif key not in also:
             close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"; did you mean {section}.{close[0]}?" if close else ""
-            raise ConfigError(f"unknown key {section}.{key}{hint} {section} accepts: " + ", ".join(accepted))
+            hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown key {section}.{key}{hint}; {section} accepts: " + ", ".join(accepted))
     return parts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -434,3 +435,26 @@ def test_usage_errors_belong_to_the_command_and_verbose_goes_anywhere() -> None:
     assert "create_bus built <LocalBus" in verbose.stderr
     helped = run("tail", "--help")
     assert "only the agent's replies (default: both directions)" in helped.stdout
+
+
+def test_bench_reports_what_redis_cut_instead_of_stalling(tmp_path: Path) -> None:
+    """Large payloads faster than a subscriber reads: Redis cuts it; the table says so and how many."""
+    server = RedisServer(tmp_path, "--client-output-buffer-limit", "pubsub 256kb 64kb 1")
+    server.start()
+    try:
+        done = run(
+            "bench", "--backend", "redis", "--redis-url", server.url, "--payload-size", "50000",
+            "--count", "200", "--rounds", "1", "--json", "--no-progress",
+        )  # fmt: skip
+        client: Any = server.client()
+        left = [k for k in client.keys("*") if k.startswith(b"_kombu") or k.startswith(b"nekobot-bench")]
+        client.close()
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    notes = {r["name"]: r["note"] for r in json.loads(done.stdout)["results"]}
+    bare = notes["redis-py pipelined publish/subscribe (baseline)"]
+    assert re.search(r"^lost \d+ of \d+: Redis cut the subscriber", bare), bare
+    ours = notes["RedisBus fan-out, send_many"]
+    assert re.search(r"^lost \d+ of \d+: the subscriber was cut \d+ time", ours), ours
+    assert left == [], "the benchmark left keys in the user's Redis"

@@ -40,7 +40,7 @@ def test_documented_shape_as_mapping_json_and_path(tmp_path: Path) -> None:
         ({"bus": {"type": 3}}, "bus.type must be a string"),
         (
             {"bus": {"type": "local", "workerz": 2}},
-            r"unknown key bus.workerz; did you mean bus.workers\? bus accepts: .*workers",
+            r"unknown key bus.workerz \(did you mean bus.workers\?\); bus accepts: .*workers",
         ),
         ({"bus": {"workers": 0}}, r"bus.workers must be an integer >= 1, not 0"),
         ({"bus": {"workers": "4"}}, "bus.workers must be an integer, not '4'"),
@@ -86,7 +86,7 @@ def test_third_party_backends_can_be_registered() -> None:
         ({"bsu": {}}, r"did you mean 'bus'\?"),
         ({"gatway": {}}, r"did you mean 'gateway'\?"),
         ({"Bus": {}}, r"did you mean 'bus'\?"),
-        ({"bus": {"type": "local", "wokers": 2}}, r"did you mean bus\.workers\?"),
+        ({"bus": {"type": "local", "wokers": 2}}, r"did you mean bus\.workers\?\)"),
     ],
 )
 def test_a_config_that_would_silently_build_a_local_bus_is_refused(config: Any, message: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nekobot_bus import Bus, BusConnectionError, Message, create_bus
+from nekobot_bus import Bus, BusConnectionError, BusFullError, Message, create_bus
 
 from .conftest import queue_config, redis_config
 from .redis_server import RedisServer
@@ -49,6 +49,46 @@ def test_a_start_that_fails_leaves_no_thread_and_a_later_start_sends_what_waited
         assert bus.stop(WAIT)
     finally:
         server.stop()
+
+
+def test_both_deliveries_hold_a_send_before_start_while_redis_is_away(
+    tmp_path: Path, buses: list[Bus], delivery: str
+) -> None:
+    server = RedisServer(tmp_path)  # not started yet
+    config = CONFIGS[delivery](server, send_timeout=1.0, socket_connect_timeout=0.2, workers=1)
+    bus = create_bus({**config, "gateway": {"message_queue_size": 2}})
+    buses.append(bus)
+    got: list[str] = []
+    bus.register_inbound_handler("telegram", lambda message: got.append(message.content))
+    started = time.monotonic()
+    bus.send_inbound(Message(channel_id="telegram", content="first"))
+    bus.send_inbound(Message(channel_id="telegram", content="second"))
+    assert time.monotonic() - started < 0.5, "a send before start() waited for Redis"
+    with pytest.raises(BusFullError, match="2 messages already wait for start"):
+        bus.send_inbound(Message(channel_id="telegram", content="third"))
+    server.start()
+    try:
+        bus.start()
+        assert bus.wait_idle(WAIT)
+        deadline = time.monotonic() + WAIT
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == ["first", "second"]
+        assert bus.stop(WAIT)
+    finally:
+        server.stop()
+
+
+def test_what_waited_for_a_start_that_never_came_is_counted_dropped(
+    tmp_path: Path, buses: list[Bus], delivery: str
+) -> None:
+    server = RedisServer(tmp_path)  # never started
+    bus = build(buses, delivery, server, send_timeout=0.5, socket_connect_timeout=0.2)
+    bus.register_inbound_handler("telegram", lambda message: None)
+    bus.send_inbound(Message(channel_id="telegram"))
+    assert bus.stop(WAIT)
+    m = bus.get_metrics()
+    assert (m["messages_in"], m["dropped_in"]) == (1, 1)
 
 
 def test_a_queue_start_that_fails_leaves_no_thread(tmp_path: Path, buses: list[Bus]) -> None:

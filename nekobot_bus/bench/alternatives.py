@@ -107,8 +107,18 @@ class KombuLane:
         return self._latency * 1e6
 
     def close(self) -> None:
+        """Stop the consumer and remove what kombu left in Redis: the queue and its bindings."""
         self._stop.set()
         self._consumer.join()
         self._queue.clear()
         self._queue.close()
         self._conn.close()
+        import redis  # noqa: PLC0415 - kombu's Redis transport needs it too
+
+        client = redis.Redis.from_url(self._url)
+        try:  # kombu keeps an exchange's bindings in sets of its own, named after the queue here
+            client.delete(
+                *(f"{kind}.{self._name}" for kind in ("_kombu.binding", "_kombu.binding_permanent"))
+            )
+        finally:
+            client.close()

@@ -134,7 +134,7 @@ def run_local(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
             tput_bus.append(bus_throughput(count, size))
             progress.step("local bus")
         bus = LocalBus(workers=options.workers)
-        many, _ = bus_load(bus, bus, count, producers=options.producers, payload_size=size)
+        many = bus_load(bus, bus, count, producers=options.producers, payload_size=size).rate
         peak = peak_mib(lambda: bus_throughput(count, size))
         progress.step("local bus, producers")
         results += [
@@ -156,7 +156,7 @@ def run_local(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
                 blinker_sends.append(1e6 / measured[1])
             progress.step("inline bus")
         bus = LocalBus(dispatch="inline")
-        many, _ = bus_load(bus, bus, count, producers=options.producers, payload_size=size)
+        many = bus_load(bus, bus, count, producers=options.producers, payload_size=size).rate
         peak = peak_mib(lambda: inline_overhead(count, size))
         blinker = blinker_inline(count, size)
         progress.step("inline bus, producers")

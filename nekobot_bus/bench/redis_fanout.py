@@ -24,7 +24,18 @@ from .. import codec
 from ..backends.redis import RedisBus
 from ..dispatch import Direction
 from ..message import Message
-from ._measure import messages, now, peak_mib, producer_rates
+from ._measure import (
+    STALL_SECONDS,
+    Load,
+    batch_size,
+    loss_note,
+    messages,
+    now,
+    peak_mib,
+    producer_rates,
+    volume,
+    why_lost,
+)
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -84,25 +95,32 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
     return [v * 1e6 for v in bare], [v * 1e6 for v in ours]
 
 
-def batch_throughput(url: str, count: int, payload_size: int, batch: int = 500) -> float:
+def batch_throughput(url: str, count: int, payload_size: int) -> Load:
     """Messages per second end to end from one producer sending batches with ``send_many``."""
     batches = messages(count, payload_size)
+    batch = batch_size(payload_size)
     bus = RedisBus(url, prefix=_PREFIX, workers=2, queue_size=max(100, count))
     bus.register_inbound_handler("bench", lambda m: None)
     with bus:
         started = now()
         for i in range(0, count, batch):
             bus.send_many(Direction.INBOUND, batches[i : i + batch])
-        bus.wait_idle(60)
-        elapsed = now() - started
-        handled = bus.get_metrics()["handled_in"]
-    return handled / elapsed
+        handled, last_at = 0, now()
+        while handled < count and now() - last_at < STALL_SECONDS:  # until done, or nothing moves
+            bus.wait_idle(0.2)
+            metrics = bus.get_metrics()
+            if metrics["handled_in"] > handled:
+                handled, last_at = metrics["handled_in"], now()
+        elapsed = last_at - started
+    lost = count - handled
+    return Load(handled / elapsed, [], lost, why_lost(bus.get_metrics()) if lost else "")
 
 
-def bare_batch_throughput(url: str, count: int, payload_size: int, batch: int = 500) -> float:
+def bare_batch_throughput(url: str, count: int, payload_size: int) -> Load:
     """The baseline of :func:`batch_throughput`: bare redis-py pipelined PUBLISH to a subscriber thread."""
     channel = _PREFIX + "bare-batch"
     payloads = [codec.encode(m) for m in messages(count, payload_size)]
+    batch = batch_size(payload_size)
     publisher = redis.Redis.from_url(url)
     subscriber = redis.Redis.from_url(url).pubsub()
     subscriber.subscribe(channel)
@@ -110,14 +128,19 @@ def bare_batch_throughput(url: str, count: int, payload_size: int, batch: int = 
     while confirmed is None:
         confirmed = subscriber.get_message(timeout=1.0)  # the subscribe confirmation
     received = [0]
+    last_at = [now()]
+    cut: list[str] = []
     done = threading.Event()
 
     def read() -> None:
-        deadline = now() + 60
-        while received[0] < count and now() < deadline:
-            item = subscriber.get_message(timeout=1.0)
-            if item is not None and item["type"] == "message":
-                received[0] += 1
+        try:
+            while received[0] < count and now() - last_at[0] < STALL_SECONDS:
+                item = subscriber.get_message(timeout=1.0)
+                if item is not None and item["type"] == "message":
+                    received[0] += 1
+                    last_at[0] = now()
+        except redis.ConnectionError as exc:  # Redis cut a subscriber that fell behind
+            cut.append(str(exc))
         done.set()
 
     reader = threading.Thread(target=read, name="bench-bare-subscriber")
@@ -128,12 +151,17 @@ def bare_batch_throughput(url: str, count: int, payload_size: int, batch: int = 
         for body in payloads[i : i + batch]:
             pipe.publish(channel, body)
         pipe.execute()
-    done.wait(60)
-    elapsed = now() - started
-    reader.join(5)
+    done.wait()
+    reader.join()
     subscriber.close()
     publisher.close()
-    return received[0] / elapsed
+    lost = count - received[0]
+    why = (
+        f"Redis cut the subscriber ({cut[0]}): its client-output-buffer-limit for pubsub"
+        if cut
+        else "nothing arrived for 10 s"
+    )
+    return Load(received[0] / (last_at[0] - started), [], lost, why if lost else "")
 
 
 def steps_redis(options: BenchOptions) -> int:
@@ -149,6 +177,7 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
     ours: list[float] = []
     theirs: list[float] = []
     p50_bare, p50_ours, p50_theirs, rates, rates_bare = [], [], [], [], []
+    lost_bare = lost_ours = ""  # the first round's loss, if any: what bounds large payloads
     per_round = max(100, count // options.rounds)
     kombu = KombuLane.open(url)
     try:
@@ -165,13 +194,17 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
             p50_ours.append(statistics.median(o))
             if k:
                 p50_theirs.append(statistics.median(k))
-            rates_bare.append(bare_batch_throughput(url, 20_000, size))
-            rates.append(batch_throughput(url, 20_000, size))
+            bare_run = bare_batch_throughput(url, volume(size), size)
+            our_run = batch_throughput(url, volume(size), size)
+            rates_bare.append(bare_run.rate)
+            rates.append(our_run.rate)
+            lost_bare = lost_bare or loss_note(bare_run.lost, volume(size), bare_run.why)
+            lost_ours = lost_ours or loss_note(our_run.lost, volume(size), our_run.why)
             progress.step("redis fan-out")
     finally:
         if kombu is not None:
             kombu.close()
-    one, many = producer_rates(
+    one, many, lost_load = producer_rates(
         lambda workers: RedisBus(url, prefix=_PREFIX + "load:", workers=workers, queue_size=1000),
         count,
         options,
@@ -180,16 +213,16 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
     progress.step("redis fan-out, producers")
     results = [
         Result("redis-py publish/subscribe (baseline)", bare, note="raw baseline"),
-        Result("RedisBus fan-out", ours, one, many, peak, REDIS_CLAIM),
+        Result("RedisBus fan-out", ours, one, many, peak, REDIS_CLAIM, note=lost_load),
         Result(
             "redis-py pipelined publish/subscribe (baseline)",
             rate=statistics.median(rates_bare),
-            note="batches of 500, 1 producer",
+            note=lost_bare or f"{volume(size)} messages in batches of {batch_size(size)}",
         ),
         Result(
             "RedisBus fan-out, send_many",
             rate=statistics.median(rates),
-            note="batches of 500, 1 producer",
+            note=lost_ours or f"{volume(size)} messages in batches of {batch_size(size)}",
         ),
     ]
     ratios = {

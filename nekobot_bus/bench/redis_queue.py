@@ -17,7 +17,19 @@ import redis
 from ..backends.redis import RedisBus, RedisStreamBus
 from ..dispatch import Direction
 from ..message import Message
-from ._measure import bus_latency, messages, now, peak_mib, producer_rates
+from ._measure import (
+    STALL_SECONDS,
+    Load,
+    batch_size,
+    bus_latency,
+    loss_note,
+    messages,
+    now,
+    peak_mib,
+    producer_rates,
+    volume,
+    why_lost,
+)
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -33,7 +45,7 @@ def _cleanup(url: str, prefix: str) -> None:
     client.close()
 
 
-def queue_throughput(url: str, count: int, payload_size: int, consumers: int = 2, batch: int = 500) -> float:
+def queue_throughput(url: str, count: int, payload_size: int, consumers: int = 2) -> Load:
     """Messages per second from one producer through *consumers* buses of one group."""
     prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
     handled = threading.Semaphore(0)
@@ -51,19 +63,21 @@ def queue_throughput(url: str, count: int, payload_size: int, consumers: int = 2
             bus.register_inbound_handler("bench", handler)
             bus.start()
         batches = messages(count, payload_size)
+        batch = batch_size(payload_size)
         started = now()
         for i in range(0, count, batch):
             producer.send_many(Direction.INBOUND, batches[i : i + batch])
-        for _ in range(count):
-            if not handled.acquire(timeout=30):
-                raise RuntimeError("the queue consumers stalled")
-        elapsed = now() - started
+        done, last_at = 0, now()
+        while done < count and handled.acquire(timeout=STALL_SECONDS):
+            done, last_at = done + 1, now()
+        lost = count - done
+        why = "; ".join(why_lost(bus.get_metrics()) for bus in buses) if lost else ""
+        return Load(done / (last_at - started), [], lost, why)
     finally:
         for bus in buses:
             bus.stop(timeout=10)
         producer.stop(timeout=10)
         _cleanup(url, prefix)
-    return count / elapsed
 
 
 def steps_redis_queue(options: BenchOptions) -> int:
@@ -77,6 +91,7 @@ def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Res
     count = min(options.count, 2000)
     queued: list[float] = []
     p50_fanout, p50_queue, rates = [], [], []
+    lost_batches = ""
     per_round = max(100, count // options.rounds)
     for _ in range(options.rounds):
         prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
@@ -86,11 +101,13 @@ def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Res
         queued += q
         p50_fanout.append(statistics.median(f))
         p50_queue.append(statistics.median(q))
-        rates.append(queue_throughput(url, 20_000, size))
+        run = queue_throughput(url, volume(size), size)
+        rates.append(run.rate)
+        lost_batches = lost_batches or loss_note(run.lost, volume(size), run.why)
         progress.step("redis queue")
     prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
     try:
-        one, many = producer_rates(
+        one, many, lost = producer_rates(
             lambda workers: RedisStreamBus(url, prefix=prefix, workers=workers, queue_size=1000),
             count,
             options,
@@ -100,9 +117,11 @@ def run_redis_queue(options: BenchOptions, progress: Progress) -> tuple[list[Res
         _cleanup(url, prefix)
     progress.step("redis queue, producers")
     results = [
-        Result("RedisStreamBus queue", queued, one, many, peak, REDIS_CLAIM),
+        Result("RedisStreamBus queue", queued, one, many, peak, REDIS_CLAIM, note=lost),
         Result(
-            "RedisStreamBus queue, send_many", rate=statistics.median(rates), note="1 producer, 2 consumers"
+            "RedisStreamBus queue, send_many",
+            rate=statistics.median(rates),
+            note=lost_batches or f"{volume(size)} messages in batches of {batch_size(size)}, 2 consumers",
         ),
     ]
     ratios = {

@@ -50,7 +50,7 @@ def run_scaling(options: BenchOptions, progress: Progress, redis_ok: bool) -> li
     for backend, make in factories:
         for producers in PRODUCERS:
             bus = make(options.workers)
-            rate, latencies = bus_load(
+            rate, latencies, _, _ = bus_load(
                 bus, bus, count, producers=producers, payload_size=options.payload_size
             )
             rows.append(
@@ -59,7 +59,9 @@ def run_scaling(options: BenchOptions, progress: Progress, redis_ok: bool) -> li
             progress.step(f"scaling {backend}, {producers} producers")
     for workers in WORKERS:
         bus = LocalBus(workers=workers, queue_size=1000)
-        rate, latencies = bus_load(bus, bus, 1000, producers=1, handler_seconds=HANDLER_SECONDS, sessions=256)
+        rate, latencies, _, _ = bus_load(
+            bus, bus, 1000, producers=1, handler_seconds=HANDLER_SECONDS, sessions=256
+        )
         rows.append(_row("workers", "local", 1, workers, rate=rate, latencies=latencies))
         progress.step(f"scaling {workers} workers")
     base = next((r["rate_per_s"] for r in rows if r["series"] == "workers" and r["workers"] == 1), None)

@@ -40,6 +40,7 @@ __all__ = [
     "REDIS_ERRORS",
     "CommandRunner",
     "Reachability",
+    "RedisUnreachable",
     "Script",
     "check_reachable",
     "client_options",
@@ -140,6 +141,10 @@ def make_client(url: str, address: str, **options: Any) -> redis.Redis:
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"redis url {address!r} is not usable: {exc}") from None
+
+
+class RedisUnreachable(BusConnectionError):
+    """No connection could be made: nothing was sent (unlike a connection that broke after writing)."""
 
 
 class Reachability:
@@ -247,12 +252,12 @@ class CommandRunner:
                 self.reachability.failed()
                 down = self.reachability.down_for()
                 if down > limit:  # an outage, not a blip: do not make every caller wait it out
-                    raise BusConnectionError(
+                    raise RedisUnreachable(
                         f"Redis at {self.address} has been unreachable for {down:.1f} s while {what}: "
                         f"{exc}; nothing was sent"
                     ) from exc
                 if time.monotonic() + delay > deadline:
-                    raise BusConnectionError(
+                    raise RedisUnreachable(
                         f"Redis at {self.address} unreachable for {limit} s while {what}: {exc}; "
                         "nothing was sent"
                     ) from exc

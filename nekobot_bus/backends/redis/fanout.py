@@ -32,8 +32,11 @@ Where a message can be lost, and how it shows
 Pub/sub is at most once. A message published while no subscriber is
 connected is ``unrouted`` at the sender. A burst the workers cannot keep up
 with waits in the intake, up to ``intake_bytes``; past that the receiver
-counts it ``dropped`` (the reader never blocks, so Redis never cuts it for
-a full output buffer). A payload that is not a message is counted
+counts it ``dropped``. The reader never waits for a worker, so Redis cuts
+its connection (``client-output-buffer-limit pubsub``) only when the reader
+itself cannot keep up, as with publishers of large payloads faster than it
+decodes them: what Redis had buffered is then lost, and the reconnect
+counted (``nekobot-bus bench --payload-size 100000`` shows it). A payload that is not a message is counted
 ``decode_errors``. A message this bus sent to itself that was lost with a
 broken connection is counted ``lost`` when the reader reconnects; one whose
 handlers were unregistered before it arrived is counted ``no_handler``. A
@@ -58,7 +61,6 @@ from ..._threads import join_all
 from ...dispatch import Direction
 from ...errors import (
     BusConnectionError,
-    BusFullError,
     MessageDecodeError,
     UnroutedMessageError,
 )
@@ -66,6 +68,7 @@ from ...message import WILDCARD, Message
 from .base import RedisBase
 from .group import GroupClaims
 from .options import FanoutOptions
+from .start_hold import StartHold
 from .subscriber import Subscriptions, covers, read_subscribed
 
 __all__ = ["RedisBus"]
@@ -116,9 +119,7 @@ class RedisBus(RedisBase):
         # back: their ids, with the direction and the Redis channel they went to.
         self._awaiting: dict[str, tuple[Direction, str]] = {}
         self._awaiting_lock = threading.Condition()
-        self._pending: list[tuple[Direction, Message]] = []
-        self._publishing = False  # True once start() has published what waited
-        self._lifecycle_pending = threading.Lock()
+        self._hold = StartHold(self.queue_size * self.workers, self._metrics)
         self._last_message_at: float | None = None
 
     def _intake_bytes(self) -> int:
@@ -192,19 +193,11 @@ class RedisBus(RedisBase):
                 f"could not subscribe on Redis at {self.address} within {timeout} s"
                 + (f": {why}" if why else "")
             )
-        with self._lifecycle_pending:
-            pending, self._pending = self._pending, []
-            try:
-                for direction in Direction:
-                    batch = [m for d, m in pending if d is direction]
-                    if batch:
-                        self._publish_batch(direction, batch)
-                        pending = [(d, m) for d, m in pending if d is not direction]
-            except BusConnectionError:
-                self._pending = pending + self._pending  # not published: they wait for the next start()
-                self._abandon_start(reader)
-                raise
-            self._publishing = True
+        try:
+            self._hold.release(self._publish_batch)
+        except BusConnectionError:
+            self._abandon_start(reader)
+            raise
 
     def _abandon_start(self, reader: threading.Thread) -> None:
         """Stop the reader of a start() that failed, so that start() may be tried again."""
@@ -226,16 +219,7 @@ class RedisBus(RedisBase):
         alive = join_all([self._reader] if self._reader is not None else [], deadline)
         self._client.close()
         self._link.close()
-        with self._lifecycle_pending:
-            if self._pending:
-                logger.warning(
-                    "%d message(s) sent before a start() that never succeeded were not sent",
-                    len(self._pending),
-                )
-                for direction, _ in self._pending:  # as the local bus counts what it never handled
-                    self._metrics.accepted(f"messages_{direction.suffix}")
-                    self._metrics.finished(f"dropped_{direction.suffix}")
-                self._pending.clear()
+        self._hold.drop_all()
         return alive
 
     def _wake_reader(self) -> None:
@@ -246,22 +230,8 @@ class RedisBus(RedisBase):
     # -- sending ----------------------------------------------------------
 
     def _send(self, direction: Direction, message: Message) -> None:
-        if not self._publishing:
-            with self._lifecycle_pending:
-                if not self._publishing and not self._stopping.is_set():
-                    self._hold_until_started(direction, message)
-                    return
-        self.send_many(direction, (message,))
-
-    def _hold_until_started(self, direction: Direction, message: Message) -> None:
-        # Published by start() once subscribed, so the bus's own handlers see
-        # them, as on the local bus.
-        # As many as the workers' queues hold, as on the local bus before start().
-        limit = self.queue_size * self.workers
-        if len(self._pending) >= limit:
-            self._metrics.incr("send_timeouts")
-            raise BusFullError(f"{limit} messages already wait for start(); {message.id!r} was not sent")
-        self._pending.append((direction, message))
+        if self._hold.released or not self._hold.try_hold(direction, message, unless=self._stopping.is_set):
+            self.send_many(direction, (message,))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Publish *messages* in one round trip (a pipeline of ``PUBLISH``).

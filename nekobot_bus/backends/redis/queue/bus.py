@@ -80,10 +80,13 @@ from .... import codec
 from ...._threads import join_all
 from ....dispatch import Direction
 from ....errors import BusConnectionError, BusReplyError
+from ....message import Message
 from ....settle import Settler
 from ..base import RedisBase
+from ..client import RedisUnreachable
 from ..keyspace import shard_of
 from ..options import QueueOptions
+from ..start_hold import StartHold
 from ..subscriber import Subscriptions
 from .acker import Acker
 from .ledger import Entry, Ledger
@@ -158,6 +161,7 @@ class RedisStreamBus(RedisBase):
             subscriptions=self._subs,
         )
         self._reader_thread: threading.Thread | None = None
+        self._hold = StartHold(self.queue_size * self.workers, self._metrics)
         self._progress = GroupProgress(self._runner, self._streams, self.group, self._acker.settled)
 
     def _prepare_transport(self) -> None:
@@ -248,6 +252,7 @@ class RedisStreamBus(RedisBase):
             self._acker.consumer = self._streams.consumer = self.consumer
         # Fail fast, as the fan-out does, when Redis is not there at all.
         self._runner.run([("PING",)], "connecting")
+        self._hold.release(self._add)  # what waited for Redis, into its streams before reading them
         reader = threading.Thread(
             target=self._link.run,
             args=(self._streams.read,),
@@ -282,6 +287,7 @@ class RedisStreamBus(RedisBase):
             self._drain_failed = True
         self._stopping.set()
         self._link.interrupt()
+        self._hold.drop_all()
         return join_all([self._reader_thread] if self._reader_thread is not None else [], deadline)
 
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
@@ -318,6 +324,15 @@ class RedisStreamBus(RedisBase):
     # -- sending ----------------------------------------------------------
 
     def _send(self, direction: Direction, message: Any) -> None:
+        if not self._hold.released:
+            # Before start(): into the stream now if Redis answers at once (another
+            # consumer may take it), else held for start(), as the fan-out holds.
+            try:
+                self._add(direction, [message], timeout=0.0)
+                return
+            except RedisUnreachable:
+                if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
+                    return
         self.send_many(direction, (message,))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Any]) -> None:
@@ -328,7 +343,9 @@ class RedisStreamBus(RedisBase):
             seconds, or the connection broke after the batch was written (then
             some messages may have been stored).
         """
-        way, batch = self._batch(direction, messages)
+        self._add(*self._batch(direction, messages))
+
+    def _add(self, way: Direction, batch: list[Message], timeout: float | None = None) -> None:
         if not batch:
             return
         commands: list[tuple[Any, ...]] = []
@@ -342,7 +359,7 @@ class RedisStreamBus(RedisBase):
         # Announced with every batch, in the same round trip: "*" consumers
         # find streams there, also after a restart that lost the set.
         commands.append(("SADD", self.keys.announced_streams, *streams))
-        self._runner.run(commands, f"adding {len(batch)} message(s)")
+        self._runner.run(commands, f"adding {len(batch)} message(s)", timeout=timeout)
         self._metrics.incr(f"sent_{way.suffix}", len(batch))
 
     # -- observing --------------------------------------------------------
