@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from nekobot_bus import Bus, create_bus
 
+from .redis_sentinel import MASTER_NAME, SentinelSet
 from .redis_server import RedisServer
 
 BusFactory = Callable[..., Bus]
@@ -85,7 +87,52 @@ def queue_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=[*sorted(LOCAL_BACKENDS), "redis", "redis-queue", "redis-queue-sharded"])
+@pytest.fixture(scope="session")
+def shared_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """One sentinel set for the tests that do not harm it (each uses its own key prefix)."""
+    sentinels = SentinelSet(tmp_path_factory.mktemp("sentinels"))
+    sentinels.start()
+    try:
+        yield sentinels
+    finally:
+        sentinels.stop()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A sentinel set of this test's own, which it may fail over and kill."""
+    sentinels = SentinelSet(tmp_path)
+    sentinels.start()
+    try:
+        yield sentinels
+    finally:
+        sentinels.stop()
+
+
+def sentinel_config(sentinels: SentinelSet, **bus: Any) -> dict[str, Any]:
+    """A Redis config that finds the master through *sentinels*, with a key prefix of its own."""
+    return {
+        "bus": {
+            "type": "redis",
+            "redis_sentinels": sentinels.sentinel_addresses(),
+            "redis_sentinel_master": MASTER_NAME,
+            "prefix": f"t{uuid.uuid4().hex[:8]}:",
+            "health_check_timeout": 1.0,
+            **bus,
+        }
+    }
+
+
+@pytest.fixture(
+    params=[
+        *sorted(LOCAL_BACKENDS),
+        "redis",
+        "redis-queue",
+        "redis-queue-sharded",
+        "redis-sentinel",
+        "redis-queue-sentinel",
+    ]
+)
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The config of each backend the contract tests run against.
 
@@ -98,6 +145,17 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
         return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1)
     if request.param == "redis-queue-sharded":
         return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1, shards=4)
+    if request.param == "redis-sentinel":
+        return sentinel_config(request.getfixturevalue("shared_sentinels"), health_check_interval=0.5)
+    if request.param == "redis-queue-sentinel":
+        return sentinel_config(
+            request.getfixturevalue("shared_sentinels"),
+            delivery="queue",
+            claim_idle=1.0,
+            retry_backoff=0.05,
+            max_deliveries=1,
+            min_replicas_ack=1,
+        )
     return LOCAL_BACKENDS[str(request.param)]
 
 

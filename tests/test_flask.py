@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from .conftest import redis_config
 from .redis_server import RedisServer
 
 WAIT = 10.0
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 class Gateway:
@@ -342,3 +344,27 @@ def test_with_redis_away_requests_do_not_wait_and_the_bus_comes_up_by_itself(
     finally:
         assert made.ext.stop()
         server.stop()
+
+
+def test_a_webhook_fails_fast_once_redis_has_been_gone_for_send_timeout(redis_server: RedisServer) -> None:
+    """The example app, started, loses Redis: health says so at once, and webhooks answer 503 at once."""
+    spec = importlib.util.spec_from_file_location("flask_webhook", EXAMPLES / "flask_webhook.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    app = example.create_app(redis_config(redis_server, send_timeout=1.0, socket_connect_timeout=0.2))
+    client = app.test_client()
+    update = {"update_id": 1, "message": {"chat": {"id": 1}, "text": "hi"}}
+    try:
+        app.extensions["nekobot_bus"].start_now()
+        assert client.post("/telegram/webhook", json=update).status_code == 204
+        redis_server.stop()
+        time.sleep(1.2)  # the outage is older than send_timeout
+        for path, method in (("/bus/health", client.get), ("/telegram/webhook", client.post)):
+            started = time.monotonic()
+            response = method(path, json=update) if method is client.post else method(path)
+            assert time.monotonic() - started < 0.5, f"{path} waited for Redis"
+            assert response.status_code == 503, (path, response.status_code)
+    finally:
+        assert app.extensions["nekobot_bus"].stop()

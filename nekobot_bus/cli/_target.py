@@ -12,12 +12,13 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..backends.redis.keyspace import Keyspace
+    from ..backends.redis.topology import Server
 
 __all__ = ["RedisTarget", "add_target_arguments", "config_from", "ensure_reachable", "redis_target"]
 
 
 class RedisTarget(NamedTuple):
-    url: str
+    server: Server
     keys: Keyspace
     delivery: str
     shards: int
@@ -47,13 +48,13 @@ def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
 
 
 def redis_target(config: Mapping[str, Any]) -> RedisTarget:
-    """The URL, prefix, delivery and shards a Redis config names (without building a bus)."""
+    """The server, prefix, delivery and shards a Redis config names (without building a bus)."""
     from ..backends.redis.options import QueueOptions, read_config  # noqa: PLC0415 - the redis extra
 
     checked = read_config(config)
     options = checked.delivery_options
     shards = options.shards if isinstance(options, QueueOptions) else 0
-    return RedisTarget(checked.url, checked.connection.keyspace, checked.delivery, shards)
+    return RedisTarget(checked.server, checked.connection.keyspace, checked.delivery, shards)
 
 
 def ensure_reachable(target: RedisTarget) -> None:
@@ -64,4 +65,4 @@ def ensure_reachable(target: RedisTarget) -> None:
     """
     from ..backends.redis.client import check_reachable  # noqa: PLC0415 - needs the redis extra
 
-    check_reachable(target.url)
+    check_reachable(target.server)

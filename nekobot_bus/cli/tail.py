@@ -73,8 +73,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     import redis  # noqa: PLC0415 - the redis extra; demo and bench --backend local work without it
 
-    from ..backends.redis.client import redact  # noqa: PLC0415
-
     target = redis_target(config_from(args))
     ensure_reachable(target)
     channels = [validate_channel_id(c) for c in args.channel or []]
@@ -87,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         for shard in (range(target.shards) if target.shards and target.delivery == "queue" else [None])
     }
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    client = redis.Redis.from_url(target.url, socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
+    client = target.server.client(socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
     read = _read_streams if target.delivery == "queue" else _read_pubsub
     positions: dict[Any, Any] = {}  # where each stream was read up to; kept across reconnects
     seen = 0
@@ -98,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 client.ping()
                 if lost:
-                    print(f"tail: reconnected to {redact(target.url)}", file=sys.stderr, flush=True)
+                    print(f"tail: reconnected to {target.server.address}", file=sys.stderr, flush=True)
                     lost, delay = False, 0.1
                 for direction, channel, payload in read(client, target, names, deadline, positions):
                     print(_render(direction, channel, payload, as_json=args.json), flush=True)
@@ -111,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 if not lost:
                     gap = "" if target.delivery == "queue" else "; what is published meanwhile is not shown"
                     print(
-                        f"tail: lost Redis at {redact(target.url)} ({exc}); reconnecting{gap}",
+                        f"tail: lost Redis at {target.server.address} ({exc}); reconnecting{gap}",
                         file=sys.stderr,
                         flush=True,
                     )

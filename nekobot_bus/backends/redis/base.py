@@ -7,15 +7,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
-import redis
 
 from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, ConfigError
 from ...message import Message
-from .client import CommandRunner, Reachability, client_options, make_client, redact
+from .client import CommandRunner, Reachability, client_options
 from .options import DEFAULT_URL, ConnectionOptions, RedisConfig, read_config
 from .reader_link import ReaderLink
+from .topology import Server, Standalone
 
 __all__ = ["RedisBase"]
 
@@ -28,7 +28,9 @@ class RedisBase(Bus):
     supervised by a :class:`ReaderLink`.
 
     :param url: ``redis://[[user]:password@]host:port/db`` or ``rediss://``
-        for TLS; the password is never shown in ``repr()``, logs or errors.
+        for TLS, or a :class:`~.topology.Server` (a
+        :class:`~.topology.SentinelMaster`); the password is never shown in
+        ``repr()``, logs or errors.
     :param redis_options: passed to redis-py's connections (``ssl_*`` ...).
     :param options: the :class:`~.options.ConnectionOptions`, the
         delivery's options and the :class:`~nekobot_bus.DispatchOptions`, as
@@ -43,22 +45,26 @@ class RedisBase(Bus):
     reader_name: ClassVar[str]
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, redis_options: Mapping[str, Any] | None = None, **options: Any
+        self,
+        url: str | Server = DEFAULT_URL,
+        *,
+        redis_options: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
         own = {field.name for field in attrs.fields(ConnectionOptions)}
         mine = {field.name for field in attrs.fields(self.delivery_options)}
         self.connection = ConnectionOptions(**{k: v for k, v in options.items() if k in own})
         self._delivery_options = self.delivery_options(**{k: v for k, v in options.items() if k in mine})
-        self._url, self._redis_options = url, redis_options
+        self.server = Standalone(url) if isinstance(url, str) else url
+        self._redis_options = redis_options
         super().__init__(**{k: v for k, v in options.items() if k not in own | mine})
         if self.dispatch != "threaded":
             raise ConfigError("dispatch 'inline' is for the local bus; the Redis reader never runs handlers")
 
     def _prepare_transport(self) -> None:
-        url = self._url
         self.keys = self.connection.keyspace
         self.prefix = self.keys.prefix
-        self.address = redact(url)
+        self.address = self.server.address
         self.max_message_size = self.connection.max_message_size
         self.health_check_timeout = self.connection.health_check_timeout
         common = client_options(
@@ -66,7 +72,7 @@ class RedisBase(Bus):
             socket_timeout=self.connection.socket_timeout,
             socket_connect_timeout=self.connection.socket_connect_timeout,
         )
-        self._client = make_client(url, self.address, **common, protocol=2)
+        self._client = self.server.client(**common, protocol=2)
         reachability = Reachability()
         self._runner = CommandRunner(
             self._client, self.address, self._metrics, self.send_timeout, reachability
@@ -75,7 +81,7 @@ class RedisBase(Bus):
         reader_options = common | {"protocol": 2, "decode_responses": False}
         reader_options["socket_timeout"] = self._reader_socket_timeout()
         self._link = ReaderLink(
-            redis.ConnectionPool.from_url(url, **reader_options),
+            self.server.pool(**reader_options),
             address=self.address,
             name=self.reader_name,
             metrics=self._metrics,
@@ -114,7 +120,7 @@ class RedisBase(Bus):
     def from_checked(cls, checked: RedisConfig) -> Bus:
         """Build from a config :func:`~.options.read_config` has read and checked."""
         return cls(
-            checked.url,
+            checked.server,
             **attrs.asdict(checked.connection),
             **attrs.asdict(checked.delivery_options),
             **attrs.asdict(checked.dispatch),

@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -35,6 +35,9 @@ from redis.retry import Retry
 from ...errors import BusConnectionError, BusReplyError, ConfigError
 from ...metrics import Metrics
 from .compat import error_code, take_connection
+
+if TYPE_CHECKING:
+    from .topology import Server
 
 __all__ = [
     "REDIS_ERRORS",
@@ -65,16 +68,21 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
-def check_reachable(url: str, *, timeout: float = 2.0) -> None:
-    """Return when the Redis at *url* answers a PING within *timeout*; else say why, without the password.
+def check_reachable(server: str | Server, *, timeout: float = 2.0) -> None:
+    """Return when *server* (a URL, or a :class:`~.topology.Server`) answers a PING within *timeout*;
+    else say why, without the password.
 
-    :raises ConfigError: *url* is not a usable address, or names a database
+    :raises ConfigError: it is not a usable address, or names a database
         the server does not have.
     :raises BusConnectionError: nothing answers there, or the server refused
         the credentials.
     """
-    address = redact(url)
-    client = make_client(url, address, socket_connect_timeout=timeout, socket_timeout=timeout)
+    from .topology import Standalone  # noqa: PLC0415 - topology builds on this module
+
+    if isinstance(server, str):
+        server = Standalone(server)
+    address = server.address
+    client = server.client(socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
     except redis.AuthenticationError as exc:
@@ -84,7 +92,7 @@ def check_reachable(url: str, *, timeout: float = 2.0) -> None:
     except redis.ResponseError as exc:
         if "DB index is out of range" in str(exc):
             raise ConfigError(
-                f"Redis at {address} has no database {_database(url)}: {exc} "
+                f"Redis at {address} has no database {_database(address)}: {exc} "
                 "(its 'databases' setting bounds the number)"
             ) from None
         if error_code(exc) in ("NOAUTH", "NOPERM", "WRONGPASS"):
@@ -93,17 +101,19 @@ def check_reachable(url: str, *, timeout: float = 2.0) -> None:
             ) from None
         raise BusReplyError(f"Redis at {address} refused PING: {exc}") from None
     except (redis.RedisError, OSError) as exc:
-        port = urlsplit(url).port or 6379
-        raise BusConnectionError(
-            f"Redis at {address} does not answer ({exc}); is it running? "
-            f"e.g. redis-server --port {port} --daemonize yes"
-        ) from None
+        hint = (
+            f"; is it running? e.g. redis-server --port {server.port} --daemonize yes"
+            if server.port is not None
+            else "; are the sentinels running, and do they know the master?"
+        )
+        raise BusConnectionError(f"Redis at {address} does not answer ({exc}){hint}") from None
     finally:
         client.close()
 
 
-def _database(url: str) -> str:
-    return urlsplit(url).path.strip("/") or "0"
+def _database(address: str) -> str:
+    """The database in a shown address: the last part of its path (``sentinel://.../master/2`` too)."""
+    return urlsplit(address).path.strip("/").rsplit("/", 1)[-1] or "0"
 
 
 def client_options(
@@ -226,6 +236,8 @@ class CommandRunner:
             was sent), or the connection broke after writing (some commands may
             have run).
         """
+        limit = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         replies = self._round_trip(commands, what, timeout)
         missing = [i for i, reply in enumerate(replies) if error_code(reply) == "NOSCRIPT"]
         if missing:
@@ -234,10 +246,40 @@ class CommandRunner:
             again = self._round_trip([*loads, *(commands[i] for i in missing)], what, timeout)
             for i, reply in zip(missing, again[len(loads) :], strict=True):
                 replies[i] = reply
+        self._resend_refused_by_a_replica(commands, replies, what, deadline)
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(reply, redis.ResponseError) and error_code(reply) not in allow:
                 raise BusReplyError(f"Redis at {self.address} refused {command[0]} while {what}: {reply}")
         return replies
+
+    def _resend_refused_by_a_replica(
+        self, commands: Sequence[tuple[Any, ...]], replies: list[Any], what: str, deadline: float
+    ) -> None:
+        """Send again, until *deadline*, the commands a replica refused with ``READONLY``.
+
+        ``READONLY`` means the command did not run: the connection went to a
+        master that has since been demoted (a failover). The connection that
+        got it was dropped, so the next one asks the sentinels for the new
+        master. A command that still meets a replica at the deadline raises.
+        """
+        refused = [i for i, reply in enumerate(replies) if error_code(reply) == "READONLY"]
+        delay = 0.05
+        while refused:
+            self._metrics.incr("connection_errors")
+            self.reachability.failed()
+            if time.monotonic() + delay > deadline:
+                raise RedisUnreachable(
+                    f"Redis at {self.address} answered READONLY (a replica, not the master) while "
+                    f"{what}, until the deadline; nothing was written"
+                )
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 1.0)
+            again = self._round_trip(
+                [commands[i] for i in refused], what, max(0.0, deadline - time.monotonic())
+            )
+            for i, reply in zip(refused, again, strict=True):
+                replies[i] = reply
+            refused = [i for i in refused if error_code(replies[i]) == "READONLY"]
 
     def _round_trip(self, commands: Sequence[tuple[Any, ...]], what: str, timeout: float | None) -> list[Any]:
         pool = self.client.connection_pool
@@ -267,7 +309,10 @@ class CommandRunner:
             self.reachability.reached()
             try:
                 conn.send_packed_command(conn.pack_commands(commands))
-                return [_reply(conn) for _ in commands]
+                replies = [_reply(conn) for _ in commands]
+                if any(error_code(reply) == "READONLY" for reply in replies):
+                    conn.disconnect()  # a demoted master: the next connection asks for the new one
+                return replies
             except REDIS_ERRORS as exc:
                 self._metrics.incr("connection_errors")
                 self.reachability.failed()

@@ -358,4 +358,5 @@ class RedisBus(RedisBase):
             "last_message_age": None if last is None else max(0.0, time.time() - last),
             "reconnects": self._metrics.snapshot()["reconnects"],
             "address": self.address,
+            "master": self.server.in_use(),
         }

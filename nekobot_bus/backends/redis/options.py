@@ -31,6 +31,7 @@ from ..._options import (
 from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
 from .keyspace import DEFAULT_PREFIX, Keyspace
+from .topology import SentinelMaster, Server, Standalone
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -113,11 +114,26 @@ class QueueOptions:
     dedup_window: float = _seconds(0.0)
     max_len: int = attrs.field(default=100_000, validator=integer(1))
     shards: int = attrs.field(default=0, validator=integer(0))
+    min_replicas_ack: int = attrs.field(default=0, validator=integer(0))
+
+
+def _addresses(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(
+            f'bus.{attribute.name} must be a non-empty list of "host:port" strings, not {value!r}'
+        )
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f'bus.{attribute.name} must hold "host:port" strings, not {item!r}')
+        checked_addr(item, f"bus.{attribute.name}")
 
 
 @attrs.frozen(kw_only=True)
 class Address:
-    """Where Redis is, as a config gives it: a URL, or the Go gateway's address, password and db."""
+    """Where Redis is, as a config gives it: a URL; the Go gateway's address, password and db; or
+    the sentinels that know the master (the password and db then apply to the master)."""
 
     redis_url: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
     redis_addr: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
@@ -125,6 +141,44 @@ class Address:
         default=None, repr=False, validator=attrs.validators.optional(text())
     )
     redis_db: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(0)))
+    redis_sentinels: list[str] | None = attrs.field(default=None, validator=_addresses)
+    redis_sentinel_master: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(text(empty=False))
+    )
+    redis_sentinel_password: str | None = attrs.field(
+        default=None, repr=False, validator=attrs.validators.optional(text())
+    )
+
+    def server(self) -> Server:
+        """The :class:`~.topology.Server` these keys describe.
+
+        :raises ConfigError: naming the keys that exclude each other or are missing.
+        """
+        if self.redis_sentinels is None:
+            if self.redis_sentinel_master is not None or self.redis_sentinel_password is not None:
+                raise ConfigError(
+                    "bus.redis_sentinel_master and bus.redis_sentinel_password need bus.redis_sentinels"
+                )
+            return Standalone(self.url())
+        if self.redis_url is not None or self.redis_addr is not None:
+            raise ConfigError(
+                "bus.redis_sentinels excludes bus.redis_url and bus.redis_addr: the sentinels name the master"
+            )
+        if self.redis_sentinel_master is None:
+            raise ConfigError(
+                "bus.redis_sentinels needs bus.redis_sentinel_master, the name the sentinels monitor"
+            )
+        sentinels = []
+        for node in self.redis_sentinels:
+            host, _, port = node.rpartition(":") if ":" in node else (node, "", "26379")
+            sentinels.append((host.strip("[]"), int(port)))
+        return SentinelMaster(
+            sentinels,
+            self.redis_sentinel_master,
+            password=self.redis_password,
+            sentinel_password=self.redis_sentinel_password,
+            db=self.redis_db or 0,
+        )
 
     def url(self) -> str:
         """The ``redis://`` URL, password included (never show it: :func:`.client.redact`).
@@ -212,7 +266,7 @@ class RedisConfig:
     """Everything a config says about a Redis bus, checked."""
 
     delivery: str
-    url: str = attrs.field(repr=False)
+    server: Server
     connection: ConnectionOptions
     delivery_options: FanoutOptions | QueueOptions
     dispatch: DispatchOptions
@@ -252,7 +306,7 @@ def read_config(config: Mapping[str, Any]) -> RedisConfig:
         connection["prefix"] = connection.pop("redis_prefix")
     address = structure(Address, parts["address"], "bus")
     go = structure(_GoRedis, section(config, "redis"), "redis")
-    if address.redis_url is None:
+    if address.redis_url is None and address.redis_sentinels is None:
         address = attrs.evolve(
             address,
             redis_addr=address.redis_addr if address.redis_addr is not None else go.addr,
@@ -266,7 +320,7 @@ def read_config(config: Mapping[str, Any]) -> RedisConfig:
     )
     return RedisConfig(
         delivery=delivery,
-        url=address.url(),
+        server=address.server(),
         connection=structure(ConnectionOptions, connection, "bus"),
         delivery_options=delivery_options,
         dispatch=dispatch_options(config),

@@ -136,6 +136,7 @@ class RedisStreamBus(RedisBase):
         "reconnects",
         "connection_errors",
         "trimmed",
+        "replica_ack_timeouts",
         *(
             f"{key}_{suffix}"
             for key in ("acked", "ack_failed", "redelivered", "claimed", "dead_lettered", "duplicates")
@@ -176,6 +177,7 @@ class RedisStreamBus(RedisBase):
         self.dedup_window = options.dedup_window
         self.max_len = options.max_len
         self.shards = options.shards
+        self.min_replicas_ack = options.min_replicas_ack
         self._subs = Subscriptions(frozenset())
         self._ledger = Ledger(self._metrics)
         self._acker = Acker(
@@ -359,8 +361,23 @@ class RedisStreamBus(RedisBase):
         # Announced with every batch, in the same round trip: "*" consumers
         # find streams there, also after a restart that lost the set.
         commands.append(("SADD", self.keys.announced_streams, *streams))
-        self._runner.run(commands, f"adding {len(batch)} message(s)", timeout=timeout)
+        if self.min_replicas_ack:
+            commands.append(("WAIT", self.min_replicas_ack, self._replica_wait_ms()))
+        replies = self._runner.run(commands, f"adding {len(batch)} message(s)", timeout=timeout)
         self._metrics.incr(f"sent_{way.suffix}", len(batch))
+        if self.min_replicas_ack and replies[-1] < self.min_replicas_ack:
+            self._metrics.incr("replica_ack_timeouts")
+            raise BusConnectionError(
+                f"{len(batch)} message(s) are on the master at {self.server.in_use() or self.address}, "
+                f"but only {replies[-1]} of the {self.min_replicas_ack} replicas asked for "
+                f"(min_replicas_ack) confirmed them within {self._replica_wait_ms() / 1000:g} s: a failover "
+                "now could lose them"
+            )
+
+    def _replica_wait_ms(self) -> int:
+        """How long ``WAIT`` may block: ``send_timeout``, within the socket's own timeout."""
+        limit = self.send_timeout if self.send_timeout is not None else 30.0
+        return max(1, int(min(limit, self.connection.socket_timeout * 0.8) * 1000))
 
     # -- observing --------------------------------------------------------
 
@@ -395,6 +412,7 @@ class RedisStreamBus(RedisBase):
             "last_message_age": None if last is None else max(0.0, time.time() - last),
             "reconnects": self._metrics.snapshot()["reconnects"],
             "address": self.address,
+            "master": self.server.in_use(),
             "group": self.group,
             "consumer": self.consumer,
             "shards": sorted(self._streams.readable_shards()) if self.shards else None,
