@@ -115,7 +115,7 @@ def test_other_sections_of_a_go_config_stay_ignored() -> None:
         ({"redis_url": "redis://localhost:6379/x"}, "the database in the URL path must be a number"),
         (
             {"redis_url": "redis://:hunter2@:6379/0"},
-            r"bus.redis_url names no host: 'redis://:\*\*\*@:6379/0'",
+            r"bus.redis_url names no host: 'redis://:6379/0'",
         ),
     ],
 )

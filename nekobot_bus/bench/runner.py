@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .._urls import redact
 from ..cli._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..errors import BusConnectionError, NekobotBusError
 from ._options import options_from
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             "options": {
                 **vars(options),
                 "backends": sorted(options.backends),
-                "redis_url": _shown(options.redis_url),
+                "redis_url": redact(options.redis_url),
             },
             "results": [r.summary() for r in results],
             "targets": targets,
@@ -96,11 +97,3 @@ def _redis_problem(url: str) -> tuple[str, int] | None:
     except NekobotBusError as exc:
         return str(exc), EXIT_USAGE
     return None
-
-
-def _shown(url: str) -> str:
-    try:
-        from ..backends.redis.client import redact  # noqa: PLC0415 - needs the redis extra
-    except ImportError:
-        return url.rsplit("@", maxsplit=1)[-1]
-    return redact(url)

@@ -26,12 +26,13 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..._urls import redact
 from ...errors import BusConnectionError, BusReplyError, ConfigError
 from ...metrics import Metrics
 from .compat import error_code, take_connection
@@ -54,18 +55,6 @@ __all__ = [
 
 #: What a broken or unreachable connection raises.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
-def redact(url: str) -> str:
-    """*url* without its password, for ``repr()``, logs and errors."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    if parts.username:
-        netloc = f"{quote(parts.username)}@{netloc}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def check_reachable(server: str | Server, *, timeout: float = 2.0) -> None:

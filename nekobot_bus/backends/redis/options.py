@@ -28,6 +28,7 @@ from ..._options import (
     structure,
     text,
 )
+from ..._urls import redact
 from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
 from .keyspace import DEFAULT_PREFIX, Keyspace
@@ -227,8 +228,8 @@ def checked_url(url: str, key: str) -> str:
     if parts.scheme == "unix":
         return url
     if not parts.hostname:
-        raise ConfigError(f"{key} names no host: {_shown(url)!r}")
-    _port_of(parts, key, _shown(url))
+        raise ConfigError(f"{key} names no host: {redact(url)!r}")
+    _port_of(parts, key, redact(url))
     database = parts.path.strip("/")
     if database and not (database.isascii() and database.isdigit()):
         raise ConfigError(f"{key}: the database in the URL path must be a number, like /0, not /{database}")
@@ -242,14 +243,6 @@ def _port_of(parts: Any, key: str, shown: str) -> None:
         raise ConfigError(f"{key}: the port must be a number from 1 to 65535, in {shown!r}") from None
     if port == 0:
         raise ConfigError(f"{key}: the port must be a number from 1 to 65535, in {shown!r}")
-
-
-def _shown(url: str) -> str:
-    """*url* without its password, for an error message (the client module's redact needs redis)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 @attrs.frozen(kw_only=True)
