@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from ._options import DispatchOptions
 from .dispatch import DEFAULT_INTAKE_BYTES, Direction, Dispatcher, Handler, HandlerRegistry
 from .errors import BusClosedError
-from .message import Message
+from .message import WILDCARD, Message
 from .metrics import Metrics
 from .settle import Gate, Settler
 
@@ -170,6 +170,8 @@ class Bus(abc.ABC):
 
     def _register(self, direction: Direction, channel_id: str, handler: Handler) -> None:
         registry = self._registries[direction]
+        if channel_id != WILDCARD:
+            self._check_channel(channel_id)
         registry.add(channel_id, handler)
         self._handlers_changed(direction, registry.channels())
 
@@ -267,6 +269,9 @@ class Bus(abc.ABC):
     def _gate(self, direction: Direction) -> Gate[Any] | None:
         """What decides whether this process handles a message of *direction* at all, if anything."""
         return None
+
+    def _check_channel(self, channel_id: str) -> None:  # noqa: B027 - optional hook
+        """Refuse a channel id this transport cannot carry (:class:`~nekobot_bus.InvalidChannelError`)."""
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:  # noqa: B027
         """Called after each registration change with the channels that have handlers."""

@@ -69,10 +69,11 @@ BusFactory = Callable[[Mapping[str, Any]], Bus]
 BUILTIN_BACKENDS: Mapping[str, str] = {
     "local": "nekobot_bus.backends.local:LocalBus",
     "redis": "nekobot_bus.backends.redis:create",
+    "nats": "nekobot_bus.backends.nats:NatsBus",
 }
 
 #: Extra a backend's module needs, named in the error when its import fails.
-_EXTRAS = {"redis": "redis"}
+_EXTRAS = {"redis": "redis", "nats": "nats"}
 
 _registered: dict[str, BusFactory] = {}
 _registry_lock = threading.Lock()

@@ -29,19 +29,28 @@ use_pyenv_pythons() {
     export PYENV_VERSION
 }
 
-ensure_redis_server() {
-    if command -v redis-server >/dev/null 2>&1; then
+# ensure_binary BINARY PACKAGE: the server binary the tests start, installed
+# from Debian's PACKAGE when missing (as root with apt-get), else a clear error.
+# Debian puts some in /usr/sbin, which a non-root PATH may lack.
+ensure_binary() {
+    local binary=$1 package=$2
+    if command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ]; then
         return 0
     fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "redis-server is missing; installing the Debian package redis-server" >&2
+        echo "$binary is missing; installing the Debian package $package" >&2
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
     fi
-    if ! command -v redis-server >/dev/null 2>&1; then
-        echo "error: the Redis tests need the redis-server binary, which is not installed and could" >&2
-        echo "not be installed here (needs root and apt-get). Install Redis 6 or newer, e.g." >&2
-        echo "'sudo apt-get install redis-server', and run this again." >&2
+    if ! command -v "$binary" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$binary" ]; then
+        echo "error: the tests need the $binary binary, which is not installed and could not be" >&2
+        echo "installed here (needs root and apt-get). Install it, e.g." >&2
+        echo "'sudo apt-get install $package', and run this again." >&2
         exit 1
     fi
+}
+
+ensure_servers() {
+    ensure_binary redis-server redis-server
+    ensure_binary nats-server nats-server
 }

@@ -13,6 +13,7 @@ import pytest
 
 from nekobot_bus import Bus, create_bus
 
+from .nats_server import NatsServer
 from .redis_sentinel import MASTER_NAME, SentinelSet
 from .redis_server import RedisServer
 
@@ -88,6 +89,41 @@ def queue_config(server: RedisServer, **bus: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server for the tests that do not harm it (each uses its own subject prefix)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own, which it may kill, pause and restart."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def nats_config(server: NatsServer, **bus: Any) -> dict[str, Any]:
+    """A NATS config for *server*, with a subject prefix of its own and quick health checks."""
+    return {
+        "bus": {
+            "type": "nats",
+            "nats_url": server.url,
+            "subject_prefix": f"t{uuid.uuid4().hex[:8]}.bus",
+            "health_check_interval": 0.5,
+            **bus,
+        }
+    }
+
+
+@pytest.fixture(scope="session")
 def shared_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     """One sentinel set for the tests that do not harm it (each uses its own key prefix)."""
     sentinels = SentinelSet(tmp_path_factory.mktemp("sentinels"))
@@ -131,6 +167,7 @@ def sentinel_config(sentinels: SentinelSet, **bus: Any) -> dict[str, Any]:
         "redis-queue-sharded",
         "redis-sentinel",
         "redis-queue-sentinel",
+        "nats",
     ]
 )
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -139,23 +176,24 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     The queue delivery runs them with ``max_deliveries: 1``: the contract's
     failing handler is not retried, as on the other backends.
     """
-    if request.param == "redis":
-        return redis_config(request.getfixturevalue("redis_server"))
-    if request.param == "redis-queue":
-        return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1)
-    if request.param == "redis-queue-sharded":
-        return queue_config(request.getfixturevalue("redis_server"), max_deliveries=1, shards=4)
-    if request.param == "redis-sentinel":
-        return sentinel_config(request.getfixturevalue("shared_sentinels"), health_check_interval=0.5)
-    if request.param == "redis-queue-sentinel":
-        return sentinel_config(
-            request.getfixturevalue("shared_sentinels"),
+    server = request.getfixturevalue
+    remote: dict[str, Callable[[], dict[str, Any]]] = {
+        "redis": lambda: redis_config(server("redis_server")),
+        "redis-queue": lambda: queue_config(server("redis_server"), max_deliveries=1),
+        "redis-queue-sharded": lambda: queue_config(server("redis_server"), max_deliveries=1, shards=4),
+        "redis-sentinel": lambda: sentinel_config(server("shared_sentinels"), health_check_interval=0.5),
+        "redis-queue-sentinel": lambda: sentinel_config(
+            server("shared_sentinels"),
             delivery="queue",
             claim_idle=1.0,
             retry_backoff=0.05,
             max_deliveries=1,
             min_replicas_ack=1,
-        )
+        ),
+        "nats": lambda: nats_config(server("shared_nats")),
+    }
+    if request.param in remote:
+        return remote[str(request.param)]()
     return LOCAL_BACKENDS[str(request.param)]
 
 

@@ -65,10 +65,10 @@ from ...errors import (
     UnroutedMessageError,
 )
 from ...message import WILDCARD, Message
+from ..start_hold import StartHold
 from .base import RedisBase
 from .group import GroupClaims
 from .options import FanoutOptions
-from .start_hold import StartHold
 from .subscriber import Subscriptions, covers, read_subscribed
 
 __all__ = ["RedisBus"]

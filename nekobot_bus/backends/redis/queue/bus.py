@@ -82,11 +82,11 @@ from ....dispatch import Direction
 from ....errors import BusConnectionError, BusReplyError
 from ....message import Message
 from ....settle import Settler
+from ...start_hold import StartHold
 from ..base import RedisBase
 from ..client import RedisUnreachable
 from ..keyspace import shard_of
 from ..options import QueueOptions
-from ..start_hold import StartHold
 from ..subscriber import Subscriptions
 from .acker import Acker
 from .ledger import Entry, Ledger

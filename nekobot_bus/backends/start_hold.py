@@ -1,9 +1,10 @@
-"""Messages sent before ``start()``, held for it: the same bound and the same count on both deliveries.
+"""Messages sent before ``start()``, held for it: the same bound and the same count on every remote bus.
 
-The fan-out holds every message sent before ``start()`` (published once
-subscribed, so the bus's own handlers see them, as on the local bus). The
-queue delivery writes them to their streams at once, and holds only those
-it could not write because Redis was unreachable (nothing was sent). Either
+A fan-out (Redis pub/sub, NATS core) holds every message sent before
+``start()`` (published once subscribed, so the bus's own handlers see
+them, as on the local bus). The Redis queue delivery writes them to their
+streams at once, and holds only those it could not write because Redis was
+unreachable (nothing was sent). Either
 way ``start()`` sends what is held, in order, and the hold takes no more
 than the workers' queues do (``message_queue_size`` x ``workers``): past
 that a send raises :class:`~nekobot_bus.BusFullError` at once. What is still
@@ -16,14 +17,14 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ...dispatch import Direction
-from ...errors import BusFullError
-from ...message import Message
-from ...metrics import Metrics
+from ..dispatch import Direction
+from ..errors import BusFullError
+from ..message import Message
+from ..metrics import Metrics
 
 __all__ = ["StartHold"]
 
-logger = logging.getLogger("nekobot_bus.redis")
+logger = logging.getLogger("nekobot_bus")
 
 
 class StartHold:

@@ -1,0 +1,125 @@
+"""The NATS backend's options, read from a config's ``bus`` section like the others."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ... import codec
+from ..._options import (
+    DispatchOptions,
+    dispatch_options,
+    integer,
+    keys_of,
+    seconds,
+    section,
+    split_section,
+    structure,
+    text,
+)
+from ..._urls import redact
+from ...dispatch import DEFAULT_INTAKE_BYTES
+from ...errors import ConfigError
+from .subjects import DEFAULT_SUBJECT_PREFIX
+
+__all__ = ["DEFAULT_NATS_URL", "NatsConfig", "NatsOptions", "read_config"]
+
+DEFAULT_NATS_URL = "nats://localhost:4222"
+URL_SCHEMES = ("nats", "tls")
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _servers(_instance: object, _attribute: object, value: object) -> None:
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError(f"bus.nats_url must be a URL or a non-empty list of URLs, not {value!r}")
+    for url in urls:
+        check_url(url)
+
+
+def check_url(url: str) -> str:
+    """*url*, a ``nats://`` or ``tls://`` URL with a host and a usable port.
+
+    :raises ConfigError: naming ``bus.nats_url`` and the rule, never the password.
+    """
+    shown = redact(url) if "://" in url else url.rpartition("@")[2]
+    parts = urlsplit(url)
+    if "://" not in url or parts.scheme not in URL_SCHEMES:
+        raise ConfigError(
+            f"bus.nats_url must start with {' or '.join(s + '://' for s in URL_SCHEMES)}, not {shown!r}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"bus.nats_url names no host: {shown!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"bus.nats_url: the port must be a number from 1 to 65535, in {shown!r}")
+    return url
+
+
+@attrs.frozen(kw_only=True)
+class NatsOptions:
+    """How the NATS bus connects and reads.
+
+    :param nats_url: one server URL, or a list (the client picks, and fails over among them).
+    :param subject_prefix: the subjects' first tokens.
+    :param group: processes of one group share the work: NATS gives each
+        message to one of them (a queue group), at most once; ``None``:
+        every process gets every message.
+    :param connect_timeout: seconds one connection attempt may take.
+    :param health_check_interval: seconds between the client's PINGs; two
+        unanswered ones and the connection is declared dead.
+    :param max_message_size: largest payload sent or accepted, in bytes.
+    :param intake_bytes: what the subscription may hold in memory for busy
+        workers before it drops, and counts, a message.
+    """
+
+    nats_url: str | list[str] = attrs.field(default=DEFAULT_NATS_URL, repr=False, validator=_servers)
+    subject_prefix: str = attrs.field(default=DEFAULT_SUBJECT_PREFIX, validator=text(empty=False))
+    group: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
+    connect_timeout: float = attrs.field(default=2.0, converter=_float, validator=seconds(0.01))
+    health_check_interval: float = attrs.field(default=2.0, converter=_float, validator=seconds(0.1))
+    max_message_size: int = attrs.field(default=codec.DEFAULT_MAX_SIZE, validator=integer(1024))
+    intake_bytes: int = attrs.field(default=DEFAULT_INTAKE_BYTES, validator=integer(1))
+
+    @property
+    def servers(self) -> list[str]:
+        return [self.nats_url] if isinstance(self.nats_url, str) else list(self.nats_url)
+
+
+@attrs.frozen(kw_only=True)
+class NatsConfig:
+    """Everything a config says about a NATS bus, checked."""
+
+    options: NatsOptions
+    dispatch: DispatchOptions
+
+
+def read_config(config: Mapping[str, Any]) -> NatsConfig:
+    """Read and check the ``bus`` section of a NATS bus's config.
+
+    :raises ConfigError: naming the key, the rule and the value; for a key
+        the backend does not use, naming every key it accepts.
+    """
+    bus = section(config, "bus")
+    delivery = bus.get("delivery", "fanout")
+    if delivery != "fanout":
+        raise ConfigError(
+            f"bus.delivery {delivery!r} is not built for NATS yet: it has 'fanout' (core NATS); "
+            "for at-least-once delivery use the Redis queue delivery meanwhile"
+        )
+    parts = split_section(
+        "bus",
+        bus,
+        {"nats": keys_of(NatsOptions), "dispatch": DispatchOptions.BUS_KEYS},
+        also=("type", "delivery"),
+    )
+    return NatsConfig(options=structure(NatsOptions, parts["nats"], "bus"), dispatch=dispatch_options(config))

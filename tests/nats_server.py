@@ -1,0 +1,83 @@
+"""A real nats-server process per test (or per session), which a test can kill, pause and restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .redis_server import free_port
+
+__all__ = ["NatsServer"]
+
+
+class NatsServer:
+    """One ``nats-server`` on a free loopback port, its log in *directory*."""
+
+    def __init__(self, directory: Path, *extra_args: str) -> None:
+        binary = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
+        if binary is None:
+            raise RuntimeError(
+                "nats-server is not installed; bash scripts/test installs it (Debian: nats-server)"
+            )
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-l", str(self.directory / "nats.log"),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(4).startswith(b"INFO"):  # the server greets every client
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server on port {self.port} did not come up")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: no goodbye to clients) and wait for it."""
+        if self.process is None:
+            return
+        if self.paused:
+            self.resume()
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.paused = False
