@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from ._options import DispatchOptions
 from .dispatch import DEFAULT_INTAKE_BYTES, Direction, Dispatcher, Handler, HandlerRegistry
 from .errors import BusClosedError
-from .message import WILDCARD, Message
+from .message import WILDCARD, Message, validate_channel_id
 from .metrics import Metrics
 from .settle import Gate, Settler
 
@@ -170,7 +170,7 @@ class Bus(abc.ABC):
 
     def _register(self, direction: Direction, channel_id: str, handler: Handler) -> None:
         registry = self._registries[direction]
-        if channel_id != WILDCARD:
+        if validate_channel_id(channel_id, allow_wildcard=True) != WILDCARD:
             self._check_channel(channel_id)
         registry.add(channel_id, handler)
         self._handlers_changed(direction, registry.channels())
