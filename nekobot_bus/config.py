@@ -52,6 +52,16 @@ logger = logging.getLogger("nekobot_bus")
 #: The top-level sections read here: ``redis`` is the Go gateway's, read by the Redis bus.
 SECTIONS = ("bus", "gateway", "redis")
 
+#: Keys that tell a section: a near miss of a section's name holding one of them is a typo.
+_SECTION_KEYS = {
+    "bus": frozenset(
+        {"type", "delivery", "workers", "send_timeout", "dispatch", "group", "prefix", "redis_prefix"}
+        | {"redis_addr", "redis_url", "redis_password", "redis_db", "redis_sentinels", "nats_url"}
+    ),
+    "gateway": frozenset({"message_queue_size"}),
+    "redis": frozenset({"addr", "password", "db"}),
+}
+
 #: Keys that belong in a section, found at the top level of a config: the wrapper was forgotten.
 _MISPLACED = {
     **dict.fromkeys(
@@ -196,11 +206,12 @@ def check_sections(config: Mapping[str, Any]) -> None:
             f'{", ".join(keys)} {verb} under {where!r}: write {{"{where}": {{{inner}}}}}; '
             "at the top level they would be ignored"
         )
-    for key in config:
+    for key, value in config.items():
         if key in SECTIONS:
             continue
         close = difflib.get_close_matches(key.lower(), SECTIONS, n=1, cutoff=0.66)
-        if close:
+        # A near miss that holds that section's keys; a "reddit" section of a gateway is left alone.
+        if close and isinstance(value, Mapping) and set(value) & _SECTION_KEYS[close[0]]:
             raise ConfigError(
                 f"top-level section {key!r} is not read; did you mean {close[0]!r}? "
                 f"(the sections read are {', '.join(SECTIONS)}; other names are ignored)"

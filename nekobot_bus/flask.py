@@ -161,6 +161,9 @@ class _BusState:
             except NekobotBusError as exc:
                 self.start_error = str(exc)
                 logger.warning("the nekobot bus could not start (%s); trying again in %.1f s", exc, pause)
+            except Exception as exc:  # a bug, not an outage: said loudly, and still retried with backoff
+                self.start_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("the nekobot bus could not start; trying again in %.1f s", pause)
             self._attempting = False
             if self._stopping.wait(pause):
                 return

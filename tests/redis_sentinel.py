@@ -22,9 +22,11 @@ import redis
 
 from .redis_server import RedisServer, free_port
 
-__all__ = ["MASTER_NAME", "SentinelSet"]
+__all__ = ["FAST_SYNC", "MASTER_NAME", "SentinelSet"]
 
 MASTER_NAME = "nekobot-master"
+#: Redis waits 5 s before a diskless full sync, for more replicas to join it; not here.
+FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 READY_WITHIN = 20.0
 
 
@@ -61,7 +63,8 @@ class SentinelSet:
     """A master, two replicas and three sentinels on free loopback ports, in *directory*."""
 
     def __init__(self, directory: Path) -> None:
-        self.master = RedisServer(directory / "master")
+        # No 5 s wait before a full sync (Redis' default for diskless replication).
+        self.master = RedisServer(directory / "master", *FAST_SYNC)
         self.servers = [self.master]
         self.sentinels: list[_Sentinel] = []
         self._directory = directory
@@ -79,7 +82,7 @@ class SentinelSet:
         for n in range(2):
             directory = self._directory / f"replica-{n}"
             directory.mkdir(parents=True, exist_ok=True)
-            replica = RedisServer(directory, "--replicaof", "127.0.0.1", str(self.master.port))
+            replica = RedisServer(directory, "--replicaof", "127.0.0.1", str(self.master.port), *FAST_SYNC)
             replica.start()
             self.servers.append(replica)
         for n in range(3):
@@ -142,10 +145,14 @@ class SentinelSet:
     def _replicas_in_sync(self, port: int) -> int:
         try:
             with self.server_on(port).client() as client:
-                role: Any = client.execute_command("ROLE")
+                info: Any = client.info("replication")
         except redis.RedisError:
             return 0
-        return len([r for r in role[2] if int(r[2]) > 0]) if role[0] == b"master" else 0
+        if info.get("role") != "master":
+            return 0
+        return sum(
+            1 for key, value in info.items() if key.startswith("slave") and value.get("state") == "online"
+        )
 
     def master_port(self) -> int:
         """The master's port as the first sentinel names it."""

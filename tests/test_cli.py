@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nekobot_bus import Message, codec
+from nekobot_bus.cli._terminal import json_line
 
 from .redis_server import RedisServer
 
@@ -273,7 +274,7 @@ def test_bench_names_an_unreachable_redis_and_how_to_start_one() -> None:
     assert "redis-server" in done.stderr
 
 
-HOSTILE = "\x1b[2J\x1b[31mHACKED\x1b]0;owned\x07\r\nforged line\x9b31m\u202eevil"
+HOSTILE = "\x1b[2J\x1b[31mHACKED\x1b]0;owned\x07\r\nforged line\x9b31m\u202eevil\x7f"
 
 
 def test_tail_shows_what_chat_users_wrote_as_visible_escapes(redis_server: RedisServer) -> None:
@@ -302,6 +303,8 @@ def test_tail_shows_what_chat_users_wrote_as_visible_escapes(redis_server: Redis
     assert "\\u202eevil" in lines[0]
     assert lines[1].endswith("… [99700 more characters]"), lines[1][-60:]
     assert not [c for c in json_out if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0]
+    ascii_only = Message(channel_id="telegram", content="rub\x7fout")
+    assert "\x7f" not in json_line({"content": ascii_only.content})
     first, second = (json.loads(line) for line in json_out.splitlines())
     assert first["message"]["content"] == HOSTILE  # --json keeps every character, escaped
     assert len(second["message"]["content"]) == 100_000

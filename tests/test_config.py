@@ -83,9 +83,10 @@ def test_third_party_backends_can_be_registered() -> None:
         ({"workers": 2}, r"workers belongs under 'bus'"),
         ({"message_queue_size": 10}, r"message_queue_size belongs under 'gateway'"),
         ({"buss": {"type": "redis"}}, r"'buss' is not read; did you mean 'bus'\?"),
-        ({"bsu": {}}, r"did you mean 'bus'\?"),
-        ({"gatway": {}}, r"did you mean 'gateway'\?"),
-        ({"Bus": {}}, r"did you mean 'bus'\?"),
+        ({"bsu": {"type": "redis"}}, r"did you mean 'bus'\?"),
+        ({"gatway": {"message_queue_size": 10}}, r"did you mean 'gateway'\?"),
+        ({"Bus": {"workers": 2}}, r"did you mean 'bus'\?"),
+        ({"rediss": {"addr": "h:6379"}}, r"did you mean 'redis'\?"),
         ({"bus": {"type": "local", "wokers": 2}}, r"did you mean bus\.workers\?\)"),
     ],
 )
@@ -98,6 +99,10 @@ def test_other_sections_of_a_go_config_stay_ignored() -> None:
     config = {
         "bus": {"type": "local"},
         **{key: {} for key in ["agents", "channels", "tools", "providers", "heartbeat", "users", "logging"]},
+        # Near misses of a section's name that are a gateway's own sections, not typos:
+        "reddit": {"client_id": "x", "subreddits": ["python"]},
+        "gateways": [{"name": "telegram"}],
+        "buses": {"routes": 3},
     }
     assert isinstance(create_bus(config), LocalBus)
 
@@ -113,6 +118,9 @@ def test_other_sections_of_a_go_config_stay_ignored() -> None:
         ({"redis_url": "http://localhost:6379/0"}, "bus.redis_url must start with one of redis://"),
         ({"redis_url": "redis://localhost:70000/0"}, "bus.redis_url: the port must be a number"),
         ({"redis_url": "redis://localhost:6379/x"}, "the database in the URL path must be a number"),
+        ({"redis_addr": "redis://:hunter2@h:6379"}, r"not a URL: 'redis://h:6379'"),
+        ({"redis_addr": "u:hunter2@h:6379"}, r"is host:port, like 'localhost:6379', not 'u@h:6379'"),
+        ({"redis_url": ":hunter2@h:6379"}, r"not 'h:6379' \(no scheme\)"),
         (
             {"redis_url": "redis://:hunter2@:6379/0"},
             r"bus.redis_url names no host: 'redis://:6379/0'",

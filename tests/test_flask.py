@@ -224,7 +224,10 @@ def test_start_in_background_starts_the_bus_without_a_request(gateway: Gateway) 
     while not gateway.ext.bus.running:
         assert time.monotonic() < deadline, "the bus did not start"
         time.sleep(0.01)
-    start_in_background(gateway.app)  # once per process: a second call changes nothing
+    threads = sorted(bus_threads())
+    start_in_background(gateway.app)  # once per process: a second call starts nothing more
+    time.sleep(0.1)
+    assert sorted(bus_threads()) == threads
     gateway.ext.bus.send_inbound(Message(channel_id="telegram", content="no request yet"))
     assert gateway.wait_for_replies(1)
     with pytest.raises(RuntimeError, match="has no nekobot bus"):

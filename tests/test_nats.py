@@ -178,7 +178,9 @@ def test_the_bus_rides_out_a_server_restart(nats_server: NatsServer, buses: list
         assert got.wait_for(1)
         nats_server.stop()
         started = time.monotonic()
-        with pytest.raises(BusConnectionError, match="not sent"):
+        # Refused: nothing sent (the client knew it was disconnected), or not confirmed
+        # (it did not know yet; it may still send it once reconnected).
+        with pytest.raises(BusConnectionError, match=r"nothing was sent|did not confirm"):
             bus.send_inbound(Message(channel_id="telegram", content="during"))
         assert time.monotonic() - started < 3.0 + 1.0
         assert bus.health()["connected"] is False
@@ -188,13 +190,14 @@ def test_the_bus_rides_out_a_server_restart(nats_server: NatsServer, buses: list
             assert time.monotonic() < deadline, "the bus did not reconnect"
             time.sleep(0.05)
         bus.send_inbound(Message(channel_id="telegram", content="after"))  # resubscribed by itself
-        assert got.wait_for(2)
         assert bus.wait_idle(WAIT)
-    assert got.contents == ["before", "after"]
+        assert "after" in got.contents
+    assert [c for c in got.contents if c != "during"] == ["before", "after"]
+    assert got.contents.count("during") <= 1  # at most once
     m = bus.get_metrics()
     assert m["reconnects"] >= 1
     assert m["connection_errors"] >= 1
-    assert (m["sent_in"], m["handled_in"]) == (2, 2)
+    assert (m["sent_in"], m["handled_in"]) == (2, len(got.contents))
 
 
 def test_sends_fail_at_once_in_an_outage_older_than_send_timeout(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nekobot_bus import Bus, BusConnectionError, BusFullError, Message, create_bus
+from nekobot_bus import Bus, BusConnectionError, BusFullError, Message, MessageEncodeError, create_bus
 
 from .conftest import queue_config, redis_config
 from .redis_server import RedisServer
@@ -201,3 +201,30 @@ def test_a_bus_built_before_a_fork_names_itself_in_the_process_that_starts_it(
     assert f"-{parent + 1}-" in name, name
     if delivery == "queue":
         assert bus.consumer == name  # type: ignore[attr-defined]
+
+
+def test_a_message_that_could_never_be_sent_is_refused_before_start(
+    tmp_path: Path, buses: list[Bus], delivery: str
+) -> None:
+    server = RedisServer(tmp_path)  # not started: the queue delivery holds too
+    bus = build(buses, delivery, server, send_timeout=1.0, socket_connect_timeout=0.2, max_message_size=1024)
+    with pytest.raises(MessageEncodeError, match="1024"):
+        bus.send_inbound(Message(channel_id="telegram", content="x" * 2000))
+    assert bus.get_metrics()["messages_in"] == 0
+
+
+def test_the_queue_keeps_a_sessions_order_across_the_hold(tmp_path: Path, buses: list[Bus]) -> None:
+    server = RedisServer(tmp_path)  # not started yet
+    bus = build(buses, "queue", server, send_timeout=1.0, socket_connect_timeout=0.2)
+    got: list[str] = []
+    bus.register_inbound_handler("telegram", lambda message: got.append(message.content))
+    bus.send_inbound(Message(channel_id="telegram", session_id="s", content="1"))  # held: Redis away
+    server.start()
+    try:
+        bus.send_inbound(Message(channel_id="telegram", session_id="s", content="2"))  # behind 1, not before
+        bus.start()
+        assert bus.wait_idle(WAIT)
+        assert got == ["1", "2"]
+        assert bus.stop(WAIT)
+    finally:
+        server.stop()

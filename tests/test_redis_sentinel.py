@@ -16,7 +16,7 @@ import pytest
 from nekobot_bus import Bus, BusConnectionError, ConfigError, Message, create_bus
 
 from .conftest import sentinel_config
-from .redis_sentinel import SentinelSet
+from .redis_sentinel import FAST_SYNC, SentinelSet
 from .redis_server import RedisServer
 from .test_bus_contract import assert_counts_add_up
 
@@ -259,3 +259,39 @@ def test_readonly_until_the_deadline_raises_and_writes_nothing(tmp_path: Path, b
     finally:
         primary.stop()
         other.stop()
+
+
+def test_readonly_resends_the_whole_send_with_min_replicas_ack(tmp_path: Path, buses: list[Bus]) -> None:
+    """A demoted master refuses the XADD (READONLY) and the WAIT (ERR): the send goes again as a whole."""
+    primary, other = RedisServer(tmp_path / "a", *FAST_SYNC), RedisServer(tmp_path / "b", *FAST_SYNC)
+    for server in (primary, other):
+        server.directory.mkdir()
+        server.start()
+    replica = RedisServer(tmp_path / "r", "--replicaof", "127.0.0.1", str(primary.port), *FAST_SYNC)
+    replica.directory.mkdir()
+    replica.start()
+    try:
+        admin: Any = primary.client()
+        deadline = time.monotonic() + WAIT
+        while admin.info("replication").get("slave0", {}).get("state") != "online":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        config = {"type": "redis", "delivery": "queue", "redis_addr": primary.addr, "send_timeout": 5.0}
+        bus = build(buses, {"bus": {**config, "min_replicas_ack": 1}})
+        bus.start()
+        bus.send_inbound(Message(id="first", channel_id="telegram"))
+        admin.execute_command("REPLICAOF", "127.0.0.1", other.port)
+        back = threading.Timer(1.0, lambda: admin.execute_command("REPLICAOF", "NO", "ONE"))
+        back.start()
+        try:
+            bus.send_inbound(Message(id="second", channel_id="telegram"))
+        finally:
+            back.join()
+        entries = admin.xrange("nekobot:bus:inbound:telegram")
+        assert [e[1][b"message"].count(b'"second"') for e in entries].count(1) == 1
+        admin.close()
+        assert bus.stop(WAIT)
+        assert bus.get_metrics()["replica_ack_timeouts"] == 0
+    finally:
+        for server in (replica, primary, other):
+            server.stop()

@@ -54,6 +54,6 @@ def json_line(document: object) -> str:
     may be written as ``\\uXXXX``, and these occur only inside strings.
     """
     text = json.dumps(document, ensure_ascii=False)
-    if text.isascii():
+    if text.isascii() and "\x7f" not in text:  # json.dumps escapes the other ASCII controls
         return text
     return "".join(f"\\u{ord(c):04x}" if _unsafe(c) else c for c in text)

@@ -59,7 +59,7 @@ from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
 from ...message import WILDCARD, Message
-from ..start_hold import StartHold
+from ..start_hold import NothingSent, StartHold
 from .loop import LoopThread
 from .options import DEFAULT_NATS_URL, NatsConfig, NatsOptions, read_config
 from .subjects import Subjects, token
@@ -145,11 +145,15 @@ class NatsBus(Bus):
         try:
             self._loop.call(self._connect(), self.nats.connect_timeout * len(self.servers) + self._timeout)
             self._loop.call(self._apply_subscriptions(), self._timeout)
-            self._hold.release(self._publish_batch)
         except BaseException as exc:
             self._abandon_start()
             if isinstance(exc, (TimeoutError, OSError, nats.errors.Error)):
                 raise BusConnectionError(f"could not connect to NATS at {self.address}: {exc}") from None
+            raise
+        try:
+            self._hold.release(self._publish_batch)
+        except BaseException:
+            self._abandon_start()
             raise
 
     def _abandon_start(self) -> None:
@@ -316,9 +320,13 @@ class NatsBus(Bus):
     # -- sending ----------------------------------------------------------------
 
     def _send(self, direction: Direction, message: Message) -> None:
-        token(message.channel_id)  # refused now, not when start() sends what was held
-        if self._hold.released or not self._hold.try_hold(direction, message, unless=self._stopping.is_set):
-            self.send_many(direction, (message,))
+        if not self._hold.released:
+            # Refused now if it never could be sent, not when start() sends what was held.
+            token(message.channel_id)
+            codec.encode(message, max_size=self.max_message_size)
+            if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
+                return
+        self.send_many(direction, (message,))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Publish *messages* and wait for the server to have them, in one round trip.
@@ -350,26 +358,31 @@ class NatsBus(Bus):
                 self._awaiting.update(mine)
         try:
             self._loop.call(self._publish(list(zip(subjects, payloads, strict=True))), self._timeout)
+        except _Unreachable as exc:
+            self._forget(list(mine))
+            self._metrics.incr("connection_errors")
+            raise NothingSent(f"NATS at {self.address} {exc}") from None
         except (TimeoutError, OSError, RuntimeError, nats.errors.Error) as exc:
             self._forget(list(mine))
             self._metrics.incr("connection_errors")
             raise BusConnectionError(
-                f"NATS at {self.address}: {len(batch)} message(s) not sent: {exc}"
+                f"NATS at {self.address} did not confirm {len(batch)} message(s) within {self._timeout} s "
+                f"({exc or type(exc).__name__}); the client may still send them once reconnected"
             ) from None
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
 
     async def _publish(self, pairs: list[tuple[str, bytes]]) -> None:
         client, up = self._client, self._up
         if client is None or up is None:
-            raise ConnectionError("not connected")
+            raise _Unreachable("is not connected; nothing was sent")
         if not up.is_set():
             down = time.monotonic() - (self._down_since or time.monotonic())
             if down > self._timeout:  # an outage, not a blip: do not make every caller wait it out
-                raise ConnectionError(f"unreachable for {down:.1f} s; nothing was sent")
+                raise _Unreachable(f"has been unreachable for {down:.1f} s; nothing was sent")
             try:
                 await asyncio.wait_for(up.wait(), self._timeout)
             except asyncio.TimeoutError:
-                raise ConnectionError(f"unreachable for {self._timeout} s; nothing was sent") from None
+                raise _Unreachable(f"unreachable for {self._timeout} s; nothing was sent") from None
         for subject, payload in pairs:
             await client.publish(subject, payload)
         await client.flush(self._flush_timeout)
@@ -415,6 +428,10 @@ class NatsBus(Bus):
             "last_message_age": None if last is None else max(0.0, time.time() - last),
             "reconnects": self._metrics.snapshot()["reconnects"],
         }
+
+
+class _Unreachable(Exception):
+    """Raised on the loop when no connection is there to publish on: nothing was sent."""
 
 
 def _covered(subject: str, direction: Direction, subscribed: set[str], subjects: Subjects) -> bool:

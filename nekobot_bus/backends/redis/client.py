@@ -9,8 +9,9 @@ A blip is ridden out, an outage is not waited out again and again: the
 senders and the reader of a bus share one :class:`Reachability`, and once
 Redis has been unreachable for longer than ``send_timeout`` a send makes one
 connect attempt and raises at once, until a connection succeeds. So a web
-request on a server whose Redis is gone fails in milliseconds instead of
-holding its thread for ``send_timeout``.
+request on a server whose Redis is gone fails after one connect attempt
+(milliseconds when the connection is refused, ``socket_connect_timeout``
+when packets are dropped) instead of holding its thread for ``send_timeout``.
 
 An error reply is an error: :meth:`CommandRunner.run` raises
 :class:`~nekobot_bus.BusReplyError` for it, unless the caller named its code
@@ -35,6 +36,7 @@ from redis.retry import Retry
 from ..._urls import redact
 from ...errors import BusConnectionError, BusReplyError, ConfigError
 from ...metrics import Metrics
+from ..start_hold import NothingSent
 from .compat import error_code, take_connection
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ def make_client(url: str, address: str, **options: Any) -> redis.Redis:
         raise ConfigError(f"redis url {address!r} is not usable: {exc}") from None
 
 
-class RedisUnreachable(BusConnectionError):
+class RedisUnreachable(NothingSent):
     """No connection could be made: nothing was sent (unlike a connection that broke after writing)."""
 
 
@@ -153,13 +155,21 @@ class Reachability:
     failure and a success found at the same moment settles either way.
     """
 
+    #: Seconds without a failure after which a new failure starts a new outage
+    #: (the reader tries again at least this often while Redis is away: a
+    #: capped 5 s wait plus a connect timeout).
+    QUIET = 10.0
+
     def __init__(self) -> None:
         self._down_since: float | None = None
+        self._last_failure = 0.0
 
     def failed(self) -> None:
         """A connection could not be made, or broke."""
-        if self._down_since is None:
-            self._down_since = time.monotonic()
+        now = time.monotonic()
+        if self._down_since is None or now - self._last_failure > self.QUIET:
+            self._down_since = now  # a failure long after the last one: not the same outage
+        self._last_failure = now
 
     def reached(self) -> None:
         """A connection was made."""
@@ -214,6 +224,9 @@ class CommandRunner:
 
         A script Redis does not know yet (after a restart or a failover) is
         loaded and its calls are sent again: ``NOSCRIPT`` means it did not run.
+        Commands a demoted master refused with ``READONLY`` (they did not run)
+        are sent again, to the master the next connection finds, until the
+        timeout: the whole round trip when none of it ran, else only those.
 
         :param what: what the commands do, for the error, e.g. ``"publishing 3 messages"``.
         :param timeout: how long to retry connecting, instead of the runner's own.
@@ -227,33 +240,14 @@ class CommandRunner:
         """
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        replies = self._round_trip(commands, what, timeout)
-        missing = [i for i, reply in enumerate(replies) if error_code(reply) == "NOSCRIPT"]
-        if missing:
-            with self._scripts_lock:
-                loads = [("SCRIPT", "LOAD", self._scripts[commands[i][1]]) for i in missing]
-            again = self._round_trip([*loads, *(commands[i] for i in missing)], what, timeout)
-            for i, reply in zip(missing, again[len(loads) :], strict=True):
-                replies[i] = reply
-        self._resend_refused_by_a_replica(commands, replies, what, deadline)
-        for command, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, redis.ResponseError) and error_code(reply) not in allow:
-                raise BusReplyError(f"Redis at {self.address} refused {command[0]} while {what}: {reply}")
-        return replies
-
-    def _resend_refused_by_a_replica(
-        self, commands: Sequence[tuple[Any, ...]], replies: list[Any], what: str, deadline: float
-    ) -> None:
-        """Send again, until *deadline*, the commands a replica refused with ``READONLY``.
-
-        ``READONLY`` means the command did not run: the connection went to a
-        master that has since been demoted (a failover). The connection that
-        got it was dropped, so the next one asks the sentinels for the new
-        master. A command that still meets a replica at the deadline raises.
-        """
-        refused = [i for i, reply in enumerate(replies) if error_code(reply) == "READONLY"]
         delay = 0.05
-        while refused:
+        while True:
+            replies = self._with_scripts(commands, what, timeout)
+            refused = [i for i, reply in enumerate(replies) if error_code(reply) == "READONLY"]
+            if not refused:
+                break
+            # READONLY: a demoted master (a failover) refused the write, which did
+            # not run; the connection was dropped, so the next asks for the new one.
             self._metrics.incr("connection_errors")
             self.reachability.failed()
             if time.monotonic() + delay > deadline:
@@ -263,12 +257,38 @@ class CommandRunner:
                 )
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 1.0)
-            again = self._round_trip(
-                [commands[i] for i in refused], what, max(0.0, deadline - time.monotonic())
+            if all(isinstance(reply, redis.ResponseError) for reply in replies):
+                # Nothing ran (a WAIT after refused writes fails too): send it all again.
+                timeout = max(0.0, deadline - time.monotonic())
+                continue
+            # Some commands ran on the replica (reads): only the refused ones go again.
+            again = self.run(
+                [commands[i] for i in refused],
+                what,
+                timeout=max(0.0, deadline - time.monotonic()),
+                allow=allow,
             )
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
-            refused = [i for i in refused if error_code(replies[i]) == "READONLY"]
+            break
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, redis.ResponseError) and error_code(reply) not in allow:
+                raise BusReplyError(f"Redis at {self.address} refused {command[0]} while {what}: {reply}")
+        return replies
+
+    def _with_scripts(
+        self, commands: Sequence[tuple[Any, ...]], what: str, timeout: float | None
+    ) -> list[Any]:
+        """One round trip; a script Redis lacks (``NOSCRIPT``: it did not run) is loaded and called again."""
+        replies = self._round_trip(commands, what, timeout)
+        missing = [i for i, reply in enumerate(replies) if error_code(reply) == "NOSCRIPT"]
+        if missing:
+            with self._scripts_lock:
+                loads = [("SCRIPT", "LOAD", self._scripts[commands[i][1]]) for i in missing]
+            again = self._round_trip([*loads, *(commands[i] for i in missing)], what, timeout)
+            for i, reply in zip(missing, again[len(loads) :], strict=True):
+                replies[i] = reply
+        return replies
 
     def _round_trip(self, commands: Sequence[tuple[Any, ...]], what: str, timeout: float | None) -> list[Any]:
         pool = self.client.connection_pool

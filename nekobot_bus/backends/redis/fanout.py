@@ -193,9 +193,9 @@ class RedisBus(RedisBase):
                 f"could not subscribe on Redis at {self.address} within {timeout} s"
                 + (f": {why}" if why else "")
             )
-        try:
-            self._hold.release(self._publish_batch)
-        except BusConnectionError:
+        try:  # unrouted ones are counted, not raised: start() is not their sender
+            self._hold.release(lambda direction, batch: self._publish_batch(direction, batch, raising=False))
+        except BaseException:
             self._abandon_start(reader)
             raise
 
@@ -230,8 +230,11 @@ class RedisBus(RedisBase):
     # -- sending ----------------------------------------------------------
 
     def _send(self, direction: Direction, message: Message) -> None:
-        if self._hold.released or not self._hold.try_hold(direction, message, unless=self._stopping.is_set):
-            self.send_many(direction, (message,))
+        if not self._hold.released:
+            codec.encode(message, max_size=self.max_message_size)  # refused now if it never could be sent
+            if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
+                return
+        self.send_many(direction, (message,))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Publish *messages* in one round trip (a pipeline of ``PUBLISH``).
@@ -243,7 +246,7 @@ class RedisBus(RedisBase):
         """
         self._publish_batch(*self._batch(direction, messages))
 
-    def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
+    def _publish_batch(self, direction: Direction, batch: list[Message], *, raising: bool = True) -> None:
         if not batch:
             return
         channels = [self.channel_name(direction, m.channel_id) for m in batch]
@@ -270,7 +273,7 @@ class RedisBus(RedisBase):
         if unrouted:
             self._forget([m.id for m in unrouted])
             self._metrics.incr("unrouted", len(unrouted))
-            if self.raise_on_unrouted:
+            if self.raise_on_unrouted and raising:
                 raise UnroutedMessageError(f"{len(unrouted)} of {len(batch)} messages reached no subscriber")
 
     def _forget(self, ids: list[str]) -> None:

@@ -206,11 +206,11 @@ def checked_addr(addr: str, key: str) -> str:
     """*addr*, ``host:port`` (or ``host``, or ``[v6]:port``), checked; *key* names it in the error."""
     if "://" in addr:
         raise ConfigError(
-            f"{key} is host:port, like 'localhost:6379', not a URL: {addr!r}; "
+            f"{key} is host:port, like 'localhost:6379', not a URL: {redact(addr)!r}; "
             "give a URL as bus.redis_url (or --redis-url) instead"
         )
     if "/" in addr or "@" in addr:
-        raise ConfigError(f"{key} is host:port, like 'localhost:6379', not {addr!r}")
+        raise ConfigError(f"{key} is host:port, like 'localhost:6379', not {_without_scheme(addr)!r}")
     _port_of(urlsplit(f"redis://{addr}"), key, addr)
     return addr
 
@@ -218,7 +218,10 @@ def checked_addr(addr: str, key: str) -> str:
 def checked_url(url: str, key: str) -> str:
     """*url*, a ``redis://``, ``rediss://`` or ``unix://`` URL, checked; *key* names it in the error."""
     if "://" not in url:
-        raise ConfigError(f"{key} must be a URL such as 'redis://localhost:6379/0', not {url!r} (no scheme)")
+        shown = _without_scheme(url)
+        raise ConfigError(
+            f"{key} must be a URL such as 'redis://localhost:6379/0', not {shown!r} (no scheme)"
+        )
     parts = urlsplit(url)
     if parts.scheme not in URL_SCHEMES:
         raise ConfigError(
@@ -234,6 +237,11 @@ def checked_url(url: str, key: str) -> str:
     if database and not (database.isascii() and database.isdigit()):
         raise ConfigError(f"{key}: the database in the URL path must be a number, like /0, not /{database}")
     return url
+
+
+def _without_scheme(value: str) -> str:
+    """*value*, an address written without a scheme, as it may be shown: no credentials."""
+    return redact(f"x://{value}").removeprefix("x://")
 
 
 def _port_of(parts: Any, key: str, shown: str) -> None:

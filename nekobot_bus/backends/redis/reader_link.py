@@ -59,6 +59,7 @@ class ReaderLink:
         self._reachability = reachability
         self._conn: Any = None
         self._outage_told = False  # the current outage is in the log
+        self._last_told = ""  # the last error the log told, not told again in a row
         #: Why the last connection failed or broke; ``None`` while connected.
         self.last_error: str | None = None
         #: Set while ``start()`` waits for this link: the error it raises tells a
@@ -98,11 +99,13 @@ class ReaderLink:
             self._metrics.incr("reconnects")
 
     def _tell_outage(self, exc: Exception, *, connected: bool, ever_connected: bool) -> None:
+        repeated = str(exc) == self._last_told  # the same refusal again (a replica's READONLY ...)
         self.last_error = str(exc)
-        if self._outage_told or (self.starting and not ever_connected):
+        if self._outage_told or repeated or (self.starting and not ever_connected):
             logger.debug("%s: Redis at %s still unreachable: %s", self._name, self._address, exc)
             return
         self._outage_told = True
+        self._last_told = str(exc)
         what = "lost its connection to" if connected or ever_connected else "could not connect to"
         logger.warning(
             "%s %s Redis at %s (%s); retrying with backoff until it answers",

@@ -82,9 +82,8 @@ from ....dispatch import Direction
 from ....errors import BusConnectionError, BusReplyError
 from ....message import Message
 from ....settle import Settler
-from ...start_hold import StartHold
+from ...start_hold import NothingSent, StartHold
 from ..base import RedisBase
-from ..client import RedisUnreachable
 from ..keyspace import shard_of
 from ..options import QueueOptions
 from ..subscriber import Subscriptions
@@ -328,12 +327,17 @@ class RedisStreamBus(RedisBase):
     def _send(self, direction: Direction, message: Any) -> None:
         if not self._hold.released:
             # Before start(): into the stream now if Redis answers at once (another
-            # consumer may take it), else held for start(), as the fan-out holds.
+            # consumer may take it), else held for start(), as the fan-out holds;
+            # behind messages already held, so that a session keeps its order.
+            unless = self._stopping.is_set
+            if not self._hold.empty and self._hold.try_hold(direction, message, unless=unless):
+                return
             try:
                 self._add(direction, [message], timeout=0.0)
                 return
-            except RedisUnreachable:
-                if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
+            except NothingSent:
+                codec.encode(message, max_size=self.max_message_size)  # one that never could be sent: refused
+                if self._hold.try_hold(direction, message, unless=unless):
                     return
         self.send_many(direction, (message,))
 

@@ -110,6 +110,7 @@ class StreamReader:
         self._stopping = stopping
         self._subs = subscriptions
         self.leases: dict[str, ShardLeases] = {}  # by stream, with shards
+        self._known_bases: set[str] | None = None  # what the last discovery found
         self._groups_lost = threading.Event()
         self.last_message_at: float | None = None
 
@@ -252,11 +253,13 @@ class StreamReader:
                     and name.direction in wildcard
                 ):
                     bases.add(self._keys.messages(name.direction, name.channel_id))
+        self._known_bases = bases
         return bases
 
     def _refresh_leases(self, conn: Any) -> None:
         """Take part in sharing the shards of each stream read here; leave those no longer read."""
-        bases = self._bases(conn)
+        # The streams the last discovery found (every second): no SMEMBERS each round.
+        bases = self._known_bases if self._known_bases is not None else self._bases(conn)
         for base in bases - set(self.leases):
             self.leases[base] = ShardLeases(
                 self._runner,
@@ -269,8 +272,15 @@ class StreamReader:
             )
         for base in set(self.leases) - bases:
             self.leases.pop(base).release_all()
-        for leases in self.leases.values():
-            leases.refresh(self._ledger.holds_stream)
+        # Every stream's heartbeat and renewals in one round trip; more only when shards change hands.
+        rounds = [(leases, leases.round()) for leases in self.leases.values()]
+        if not rounds:
+            return
+        replies = self._runner.run([c for _, commands in rounds for c in commands], "sharing shards")
+        start = 0
+        for leases, commands in rounds:
+            leases.settle(replies[start : start + len(commands)], self._ledger.holds_stream)
+            start += len(commands)
 
     def readable_shards(self) -> frozenset[str]:
         return frozenset().union(*(leases.readable for leases in self.leases.values()))

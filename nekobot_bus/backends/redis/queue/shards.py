@@ -90,6 +90,7 @@ class ShardLeases:
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self._held: set[int] = set()
         self._draining: set[int] = set()
+        self._round_held: list[int] = []  # the leases renewed by the round under way
         # Where this consumer starts looking for free shards, so that members spread out.
         self._offset = zlib.crc32(consumer.encode()) % shards
 
@@ -104,12 +105,13 @@ class ShardLeases:
     def renew(self) -> None:
         """Extend every lease held; forget those another consumer has taken meanwhile."""
         held = sorted(self._held)
-        if not held:
-            return
-        replies = self._runner.run(
-            [self._renew.call([self._key(k)], [self._consumer, self._lease_ms]) for k in held],
-            "renewing leases",
-        )
+        if held:
+            self._renewed(held, self._runner.run([self._renewal(k) for k in held], "renewing leases"))
+
+    def _renewal(self, shard: int) -> tuple[object, ...]:
+        return self._renew.call([self._key(shard)], [self._consumer, self._lease_ms])
+
+    def _renewed(self, held: list[int], replies: list[object]) -> None:
         for shard, renewed in zip(held, replies, strict=True):
             if renewed != 1:
                 logger.warning(
@@ -119,19 +121,25 @@ class ShardLeases:
                 self._held.discard(shard)
                 self._draining.discard(shard)
 
-    def refresh(self, holds: Callable[[str], bool]) -> None:
-        """Heartbeat, renew, give back what is over this consumer's share, take free shards up to it.
+    def round(self) -> list[tuple[object, ...]]:
+        """The commands of one sharing round, for the reader to send with other streams' in one
+        round trip: the heartbeat, then a renewal of each lease held."""
+        self._round_held = sorted(self._held)
+        heartbeat = self._heartbeat.call([self._members_key], [self._consumer, self._lease_ms])
+        return [heartbeat, *(self._renewal(k) for k in self._round_held)]
+
+    def settle(self, replies: list[object], holds: Callable[[str], bool]) -> None:
+        """Act on the replies to :meth:`round`: give back what is over this consumer's share (once
+        its workers hold nothing of it), take free shards up to it (a round trip each, only then).
 
         :param holds: whether this consumer's workers still hold entries of a shard stream.
         """
-        [members] = self._runner.run(
-            [self._heartbeat.call([self._members_key], [self._consumer, self._lease_ms])], "heartbeat"
-        )
-        names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        members, *renewals = replies
+        self._renewed(self._round_held, renewals)
+        names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)  # type: ignore[attr-defined]
         rank = names.index(self._consumer) if self._consumer in names else len(names)
         count = max(1, len(names))
         share = self.shards // count + (1 if rank < self.shards % count else 0)
-        self.renew()
         # Over the share: stop reading the highest shards, and give each back
         # once no entry of it is left with the workers. Under it again: read on.
         need = len(self._held) - share - len(self._draining)
@@ -157,6 +165,10 @@ class ShardLeases:
             )
             if taken:
                 self._held.add(shard)
+
+    def refresh(self, holds: Callable[[str], bool]) -> None:
+        """One sharing round of this stream alone: :meth:`round`, sent, then :meth:`settle`."""
+        self.settle(self._runner.run(self.round(), "sharing shards"), holds)
 
     def release_all(self) -> None:
         """Give back every lease (at stop); best effort."""
