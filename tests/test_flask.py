@@ -224,6 +224,9 @@ def test_start_in_background_starts_the_bus_without_a_request(gateway: Gateway) 
     while not gateway.ext.bus.running:
         assert time.monotonic() < deadline, "the bus did not start"
         time.sleep(0.01)
+    while "nekobot-bus-starter" in bus_threads():
+        assert time.monotonic() < deadline, "the starter did not end"
+        time.sleep(0.01)
     threads = sorted(bus_threads())
     start_in_background(gateway.app)  # once per process: a second call starts nothing more
     time.sleep(0.1)
