@@ -16,6 +16,7 @@ from typing import Any
 from nekobot_bus import Message, codec
 from nekobot_bus.cli._terminal import json_line
 
+from .nats_server import NatsServer
 from .redis_server import RedisServer
 
 TIMEOUT = 60
@@ -461,3 +462,17 @@ def test_bench_reports_what_redis_cut_instead_of_stalling(tmp_path: Path) -> Non
     ours = notes["RedisBus fan-out, send_many"]
     assert re.search(r"^lost \d+ of \d+: the subscriber was cut \d+ time", ours), ours
     assert left == [], "the benchmark left keys in the user's Redis"
+
+
+def test_bench_measures_nats_beside_bare_nats_py(shared_nats: NatsServer) -> None:
+    done = run(
+        "bench", "--backend", "nats", "--nats-url", shared_nats.url, "--count", "200", "--rounds", "1",
+        "--json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    lines = {r["name"]: r for r in report["results"]}
+    assert lines["nats-py publish/subscribe (baseline)"]["p50_us"] > 0
+    assert lines["NatsBus fan-out"]["p50_us"] > 0
+    assert lines["NatsBus fan-out"]["rate_per_s"] > 0
+    assert [t["target"] for t in report["targets"]] == ["NATS fan-out p50 / bare nats-py pub/sub p50"]

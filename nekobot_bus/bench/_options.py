@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 __all__ = ["BACKENDS", "DESCRIPTION", "EPILOG", "BenchOptions", "add_arguments", "options_from"]
 
 #: The backends ``--backend`` accepts, besides ``all``.
-BACKENDS = ("local", "local-inline", "redis", "redis-queue")
+BACKENDS = ("local", "local-inline", "redis", "redis-queue", "nats")
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,13 @@ class BenchOptions:
     workers: int = 4
     rounds: int = 5
     redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
     scaling: bool = False
 
 
 DESCRIPTION = """\
 Measure nekobot_bus against the raw baselines (a bare queue.Queue hand-off,
-bare redis-py publish/subscribe) and the libraries people use instead
+bare redis-py publish/subscribe, bare nats-py) and the libraries people use instead
 (blinker, kombu's Redis transport; bench extra), in one run, and set each
 result beside the Go design's claim: about 1 us in process, 1-5 ms over a
 local Redis. Absolute times drift on shared machines; the ratios between
@@ -47,7 +48,7 @@ examples:
   nekobot-bus bench --scaling --plot out.png   add the scaling tables, and draw them
 
 exit status: 0 measured (1 with --check when a target was missed),
-2 bad arguments, 3 a Redis backend was asked for and Redis did not answer.
+2 bad arguments, 3 a Redis or NATS backend was asked for and its server did not answer.
 """
 
 
@@ -78,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the Redis to measure against (default: %(default)s)",
     )
     parser.add_argument(
+        "--nats-url",
+        default="nats://127.0.0.1:4222",
+        help="the NATS to measure against (default: %(default)s)",
+    )
+    parser.add_argument(
         "--scaling", action="store_true", help="also 1-8 producers and 1/4/16 blocking workers"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
@@ -104,5 +110,6 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         workers=args.workers,
         rounds=args.rounds,
         redis_url=args.redis_url,
+        nats_url=args.nats_url,
         scaling=args.scaling,
     )

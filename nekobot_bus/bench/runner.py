@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .._urls import redact
 from ..cli._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..errors import BusConnectionError, NekobotBusError
-from ._options import options_from
+from ._options import BenchOptions, options_from
 from ._progress import Progress
 from ._stats import Result
 from .local import run_local, steps_local
@@ -22,41 +23,10 @@ __all__ = ["run"]
 def run(args: argparse.Namespace) -> int:
     """Measure what *args* asks for, print the report; return the exit status."""
     options = options_from(args)
-    wants_redis = bool(options.backends & {"redis", "redis-queue"})
-    problem = _redis_problem(options.redis_url) if wants_redis else None
-    redis_ok = wants_redis and problem is None
-    # Imported here: the local lines need neither redis-py nor a server.
-    from .scaling import run_scaling, steps_scaling  # noqa: PLC0415
-
-    if redis_ok:
-        from .redis_fanout import run_redis, steps_redis  # noqa: PLC0415
-        from .redis_queue import run_redis_queue, steps_redis_queue  # noqa: PLC0415
-    if problem is not None:
-        print(f"error: {problem[0]}; the Redis lines are left out.", file=sys.stderr)
-        if args.backend and "all" not in args.backend and not options.backends & {"local", "local-inline"}:
-            return problem[1]
-    total = steps_local(options) + steps_scaling(options, redis_ok)
-    if redis_ok:
-        total += steps_redis(options) + steps_redis_queue(options)
-    results: list[Result] = []
-    ratios: dict[str, float] = {}
-    scaling: list[dict[str, object]] = []
-    with Progress(total, enabled=not args.no_progress) as progress:
-        measured, found = run_local(options, progress)
-        results += measured
-        ratios |= found
-        if redis_ok and "redis" in options.backends:
-            measured, found = run_redis(options, progress)
-            results += measured
-            ratios |= found
-        if redis_ok and "redis-queue" in options.backends:
-            measured, found = run_redis_queue(options, progress)
-            results += measured
-            ratios |= found
-        if options.scaling:
-            scaling = run_scaling(options, progress, redis_ok)
-    if "queue_rate" in ratios and "redis_batched_rate" in ratios:
-        ratios["queue_rate_vs_fanout"] = ratios["queue_rate"] / ratios["redis_batched_rate"]
+    servers = _servers(args, options)
+    if isinstance(servers, int):
+        return servers
+    results, ratios, scaling = _measure(options, servers, progress=not args.no_progress)
     targets = verdicts(ratios)
     if args.plot:
         try:
@@ -71,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 **vars(options),
                 "backends": sorted(options.backends),
                 "redis_url": redact(options.redis_url),
+                "nats_url": redact(options.nats_url),
             },
             "results": [r.summary() for r in results],
             "targets": targets,
@@ -82,6 +53,77 @@ def run(args: argparse.Namespace) -> int:
         print(render(results, targets, scaling, options.producers))
     missed = any(t["verdict"] != "met" for t in targets)
     return EXIT_FAILED if missed and args.check else EXIT_OK
+
+
+#: The backends each server carries, and how the report names it.
+_NEEDS = {"redis": frozenset({"redis", "redis-queue"}), "nats": frozenset({"nats"})}
+_NAMES = {"redis": "Redis", "nats": "NATS"}
+
+
+def _servers(args: argparse.Namespace, options: BenchOptions) -> frozenset[str] | int:
+    """The servers (``redis``, ``nats``) whose lines can run; an exit status when nothing asked for can."""
+    checks = {
+        "redis": lambda: _redis_problem(options.redis_url),
+        "nats": lambda: _nats_problem(options.nats_url),
+    }
+    available: set[str] = set()
+    left_out: set[str] = set()
+    status = EXIT_OK
+    for server, backends in _NEEDS.items():
+        if not options.backends & backends:
+            continue
+        problem = checks[server]()
+        if problem is None:
+            available.add(server)
+            continue
+        print(
+            f"error: {problem[0]}; the {server.upper()} lines are left out.".replace("REDIS", "Redis"),
+            file=sys.stderr,
+        )
+        left_out |= backends
+        status = problem[1]
+    asked_only_servers = bool(args.backend) and "all" not in args.backend
+    if left_out and asked_only_servers and not options.backends - left_out:
+        return status
+    return frozenset(available)
+
+
+def _measure(
+    options: BenchOptions, servers: frozenset[str], *, progress: bool
+) -> tuple[list[Result], dict[str, float], list[dict[str, object]]]:
+    """Every line *options* asks for whose server answers; imported only when asked for."""
+    from .scaling import run_scaling, steps_scaling  # noqa: PLC0415
+
+    lanes: list[tuple[int, Callable[[BenchOptions, Progress], tuple[list[Result], dict[str, float]]]]] = [
+        (steps_local(options), run_local)
+    ]
+    if "redis" in servers:
+        from .redis_fanout import run_redis, steps_redis  # noqa: PLC0415 - the redis extra
+        from .redis_queue import run_redis_queue, steps_redis_queue  # noqa: PLC0415
+
+        if "redis" in options.backends:
+            lanes.append((steps_redis(options), run_redis))
+        if "redis-queue" in options.backends:
+            lanes.append((steps_redis_queue(options), run_redis_queue))
+    if "nats" in servers:
+        from .nats_fanout import run_nats, steps_nats  # noqa: PLC0415 - the nats extra
+
+        lanes.append((steps_nats(options), run_nats))
+    redis_ok = "redis" in servers
+    results: list[Result] = []
+    ratios: dict[str, float] = {}
+    scaling: list[dict[str, object]] = []
+    total = sum(steps for steps, _ in lanes) + steps_scaling(options, redis_ok)
+    with Progress(total, enabled=progress) as bar:
+        for _, lane in lanes:
+            measured, found = lane(options, bar)
+            results += measured
+            ratios |= found
+        if options.scaling:
+            scaling = run_scaling(options, bar, redis_ok)
+    if "queue_rate" in ratios and "redis_batched_rate" in ratios:
+        ratios["queue_rate_vs_fanout"] = ratios["queue_rate"] / ratios["redis_batched_rate"]
+    return results, ratios, scaling
 
 
 def _redis_problem(url: str) -> tuple[str, int] | None:
@@ -97,3 +139,13 @@ def _redis_problem(url: str) -> tuple[str, int] | None:
     except NekobotBusError as exc:
         return str(exc), EXIT_USAGE
     return None
+
+
+def _nats_problem(url: str) -> tuple[str, int] | None:
+    """Why the NATS lines cannot run, and the exit status that says so; ``None`` when they can."""
+    try:
+        from .nats_fanout import nats_problem  # noqa: PLC0415 - needs the nats extra
+    except ImportError:
+        return "the NATS lines need the nats extra: pip install 'nekobot_bus[nats]'", EXIT_USAGE
+    problem = nats_problem(url)
+    return None if problem is None else (problem, EXIT_CONNECTION)
