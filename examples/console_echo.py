@@ -10,6 +10,7 @@ answers with an outbound message, which the console channel prints.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -23,8 +24,13 @@ def main() -> int:
     def agent(message: Message) -> None:  # the agent: runs on a worker thread
         bus.send_outbound(message.reply(f"echo: {message.content}"))
 
+    closed = threading.Event()  # whoever reads our output went away (console_echo.py | head)
+
     def console(message: Message) -> None:  # the channel: delivers the reply to its user
-        print(f"agent> {message.content}", flush=True)
+        try:
+            print(f"agent> {message.content}", flush=True)
+        except BrokenPipeError:
+            closed.set()
         answered.release()
 
     bus.register_inbound_handler("console", agent)
@@ -33,6 +39,9 @@ def main() -> int:
         for line in sys.stdin:
             bus.send_inbound(Message(channel_id="console", session_id="console:you", content=line.strip()))
             answered.acquire(timeout=5)
+            if closed.is_set():
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+                return 0
     print(f"handled {bus.get_metrics()['handled_in']} messages", flush=True)
     return 0
 

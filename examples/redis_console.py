@@ -14,14 +14,18 @@ import os
 import sys
 import threading
 
-from nekobot_bus import BusConnectionError, Message, UnroutedMessageError, create_bus
+from nekobot_bus import BusConnectionError, Message, NekobotBusError, UnroutedMessageError, create_bus
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="redis://localhost:6379/0")
     args = parser.parse_args()
-    bus = create_bus({"bus": {"type": "redis", "redis_url": args.redis_url, "raise_on_unrouted": True}})
+    try:
+        bus = create_bus({"bus": {"type": "redis", "redis_url": args.redis_url, "raise_on_unrouted": True}})
+    except NekobotBusError as exc:  # a URL that is not one: say so, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     answered = threading.Semaphore(0)
 
     session = f"console:{os.getpid()}"
@@ -34,9 +38,12 @@ def main() -> int:
     bus.register_outbound_handler("console", show)
     try:
         bus.start()
-    except BusConnectionError as exc:  # Redis is not there: say so once, with the reason
+    except BusConnectionError as exc:  # Redis is not there, or refuses us: say so once, with the reason
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except NekobotBusError as exc:  # a bad address or database
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with bus:
         for line in sys.stdin:
             try:

@@ -65,7 +65,12 @@ _SECTION_KEYS = {
 #: Keys that belong in a section, found at the top level of a config: the wrapper was forgotten.
 _MISPLACED = {
     **dict.fromkeys(
-        ("type", "delivery", "workers", "send_timeout", "dispatch", "group", "redis_addr", "redis_url"), "bus"
+        [
+            *("type", "delivery", "workers", "send_timeout", "dispatch", "group"),
+            *("redis_addr", "redis_url", "redis_password", "redis_db", "redis_sentinels"),
+            *("nats_url", "subject_prefix"),
+        ],
+        "bus",
     ),
     "message_queue_size": "gateway",
 }

@@ -64,8 +64,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
@@ -214,7 +216,7 @@ class NekobotBus:
             raise RuntimeError(f"{app.name!r} already has a nekobot bus")
         config = _grouped(
             load_config(app.config.get("NEKOBOT_BUS") or {"bus": {"type": "local"}}),
-            app.config.get("NEKOBOT_BUS_GROUP", app.import_name),
+            app.config.get("NEKOBOT_BUS_GROUP", _app_name(app)),
         )
         state = _BusState(create_bus(config), float(app.config.get("NEKOBOT_BUS_STOP_TIMEOUT", 10.0)))
         app.extensions[EXTENSION_KEY] = state
@@ -272,6 +274,15 @@ class NekobotBus:
     def stop(self, app: Flask | None = None) -> bool:
         """Stop the bus (draining it); ``True`` if every thread ended in time."""
         return self._state(app).stop()
+
+
+def _app_name(app: Flask) -> str:
+    """The app's import name; for an app run as a script (``__main__``), the script's name,
+    so that two different scripts on one Redis are not one group."""
+    if app.import_name != "__main__":
+        return app.import_name
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    return Path(script).stem if script else app.import_name
 
 
 def start_in_background(app: Flask) -> None:

@@ -476,3 +476,44 @@ def test_bench_measures_nats_beside_bare_nats_py(shared_nats: NatsServer) -> Non
     assert lines["NatsBus fan-out"]["p50_us"] > 0
     assert lines["NatsBus fan-out"]["rate_per_s"] > 0
     assert [t["target"] for t in report["targets"]] == ["NATS fan-out p50 / bare nats-py pub/sub p50"]
+
+
+def test_demo_into_a_closed_pipe_ends_quietly() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, "demo"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert demo.stdin is not None
+    assert demo.stdout is not None
+    demo.stdin.write(b"hello\n" * 200)
+    demo.stdin.close()
+    assert demo.stdout.readline() == b"echo: hello\n"
+    demo.stdout.close()  # what `head -1` does
+    started = time.monotonic()
+    assert demo.wait(30) == 0
+    assert time.monotonic() - started < 3.0, "demo waited for a reply it could not print"
+    assert demo.stderr is not None
+    assert demo.stderr.read() == b""
+    demo.stderr.close()
+
+
+def test_a_wrong_password_and_a_missing_database_fail_at_once_when_a_bus_starts(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="right")
+    server.start()
+    try:
+        host = f"127.0.0.1:{server.port}"
+        for url, status, says in (
+            (f"redis://:wrong@{host}/0", 3, "authentication failed"),
+            (f"redis://:right@{host}/99", 2, "DB index is out of range"),
+        ):
+            config = json.dumps({"bus": {"type": "redis", "redis_url": url}})
+            started = time.monotonic()
+            done = run("demo", "--config", config, stdin="hi\n")
+            assert time.monotonic() - started < 4.0, "the start waited send_timeout for a refusal"
+            assert done.returncode == status, done.stderr
+            assert says in done.stderr
+            assert "wrong" not in done.stderr.replace("authentication", "")
+    finally:
+        server.stop()

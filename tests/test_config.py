@@ -87,6 +87,9 @@ def test_third_party_backends_can_be_registered() -> None:
         ({"gatway": {"message_queue_size": 10}}, r"did you mean 'gateway'\?"),
         ({"Bus": {"workers": 2}}, r"did you mean 'bus'\?"),
         ({"rediss": {"addr": "h:6379"}}, r"did you mean 'redis'\?"),
+        ({"bus": {"type": "local"}, "redis_password": "x"}, r"redis_password belongs under 'bus'"),
+        ({"bus": {"redis_addr": "h:6379"}}, r"bus.type is 'local' when not given: add \"type\": \"redis\""),
+        ({"bus": {"nats_url": "nats://h"}}, r"add \"type\": \"nats\""),
         ({"bus": {"type": "local", "wokers": 2}}, r"did you mean bus\.workers\?\)"),
     ],
 )

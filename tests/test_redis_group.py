@@ -150,3 +150,18 @@ def test_group_is_a_fanout_option_checked_like_the_others(redis_server: RedisSer
         create_bus(redis_config(redis_server, group=""))
     with pytest.raises(ConfigError, match=r"bus.claim_window must be a number >= 1\.0, not 0"):
         create_bus(redis_config(redis_server, group="web", claim_window=0))
+
+
+def test_messages_without_an_id_are_each_handled_once(redis_server: RedisServer, buses: list[Bus]) -> None:
+    """The wire allows an empty id: such messages must not all claim one key (and be lost to the group)."""
+    deliveries = Deliveries()
+    group = members(buses, redis_server, deliveries, 2)
+    client = redis_server.client()
+    for n in range(5):
+        body = b'{"channel_id": "telegram", "content": "%d", "timestamp": "2026-01-01T00:00:0%dZ"}' % (n, n)
+        assert client.publish("nekobot:bus:outbound:telegram", body) == 2
+    client.close()
+    assert deliveries.wait_for(5)
+    settle(group, 5)
+    handled = Counter(c for contents in deliveries.by_member.values() for c in contents)
+    assert handled == Counter(str(n) for n in range(5))

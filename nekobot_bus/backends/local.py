@@ -10,6 +10,7 @@ import attrs
 from .._options import DispatchOptions, dispatch_options, section, split_section
 from ..bus import Bus
 from ..dispatch import Direction
+from ..errors import ConfigError
 from ..message import Message
 
 __all__ = ["LocalBus"]
@@ -32,5 +33,13 @@ class LocalBus(Bus):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalBus:
-        split_section("bus", section(config, "bus"), {"dispatch": DispatchOptions.BUS_KEYS}, also=("type",))
+        bus = section(config, "bus")
+        remote = sorted(k for k in bus if k.startswith(("redis_", "nats_")) or k == "delivery")
+        if remote and "type" not in bus:  # the type forgotten: a local bus would ignore them all
+            wanted = "nats" if any(k.startswith("nats_") for k in remote) else "redis"
+            raise ConfigError(
+                f"bus.{remote[0]} is for a remote bus, but bus.type is 'local' when not given: "
+                f'add "type": "{wanted}" to bus'
+            )
+        split_section("bus", bus, {"dispatch": DispatchOptions.BUS_KEYS}, also=("type",))
         return cls(**attrs.asdict(dispatch_options(config)))

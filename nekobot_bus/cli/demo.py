@@ -36,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
     def agent(message: Message) -> None:
         bus.send_outbound(message.reply(f"echo: {message.content}"))
 
+    closed = threading.Event()  # whoever reads our output went away (demo | head)
+
     def console(message: Message) -> None:
-        print(message.content, flush=True)
+        try:
+            print(message.content, flush=True)
+        except BrokenPipeError:
+            closed.set()
         replied.release()
 
     bus.register_inbound_handler("console", agent)
@@ -50,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
             if not replied.acquire(timeout=args.timeout):
                 print(f"error: no reply within {args.timeout} s", file=sys.stderr)
                 return 1
+            if closed.is_set():
+                raise BrokenPipeError  # main() ends quietly, as Unix tools do
     return 0

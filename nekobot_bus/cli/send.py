@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     send.add_argument(
         "--file",
         help="the whole message as JSON (the Go gateway's shape); '-' reads stdin; "
-        "stamped now if it has no timestamp; excludes the flags below",
+        "given an id and stamped now when it has none; excludes the flags below",
     )
     built = send.add_argument_group("the message, without --file")
     built.add_argument("--channel", help="channel id, e.g. telegram (required)")
@@ -111,11 +112,12 @@ def _from_file(path: str) -> Message:
     """The message in *path* (``-``: stdin), stamped now when the file gives no timestamp."""
     text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     message = codec.decode(text)
-    try:
-        stamped = "timestamp" in json.loads(text)
-    except ValueError:  # decode() accepted it, so it is JSON; be safe anyway
-        stamped = True
-    return message if stamped else attrs.evolve(message, timestamp=datetime.now(timezone.utc))
+    given = json.loads(text)  # decode() accepted it: a JSON object
+    if "timestamp" not in given:
+        message = attrs.evolve(message, timestamp=datetime.now(timezone.utc))
+    if not given.get("id"):
+        message = attrs.evolve(message, id=uuid.uuid4().hex)  # as Message() does; printed below
+    return message
 
 
 def run(args: argparse.Namespace) -> int:

@@ -298,6 +298,14 @@ class CommandRunner:
         while True:
             try:
                 conn = take_connection(pool)
+            except redis.AuthenticationError as exc:  # a wrong password does not fix itself: at once
+                self._metrics.incr("connection_errors")
+                raise BusConnectionError(
+                    f"Redis at {self.address} refused the credentials: authentication failed ({exc}); "
+                    "nothing was sent"
+                ) from None
+            except redis.ResponseError as exc:  # the connection's setup was refused: SELECT of a missing db
+                raise ConfigError(f"Redis at {self.address} refused the connection: {exc}") from None
             except REDIS_ERRORS as exc:
                 self._metrics.incr("connection_errors")
                 self.reachability.failed()

@@ -168,6 +168,8 @@ class RedisBus(RedisBase):
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
+        # Fail at once, saying why, when Redis is not there or refuses us (a password, a database).
+        self._runner.run([("PING",)], "connecting")
         # Named at start, in the process that runs it: a bus built before a fork has no member yet.
         member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         for claims in self._claims.values():

@@ -6,7 +6,8 @@ pub/sub), so before the handlers run, a worker sets the message's claim key,
 claim_window``. The first member to set it handles the message; the others
 count it ``claimed_elsewhere`` and go on. Messages published by a Go agent
 with a plain ``PUBLISH`` are claimed just the same: the claim needs only
-the message id.
+the message id (a message without an id, which the wire allows, is
+claimed by a digest of its encoding).
 
 At most once per group: a member that dies after its claim and before its
 handlers finished loses the message (the queue delivery is at least once).
@@ -18,14 +19,24 @@ were unregistered takes no claim, so the message goes to one that has some.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+from ... import codec
 from ...dispatch import Direction
 from ...message import Message
 from .client import CommandRunner
 from .keyspace import Keyspace
 
-__all__ = ["GroupClaims"]
+__all__ = ["GroupClaims", "claim_id"]
+
+
+def claim_id(message: Message) -> str:
+    """What a group claims *message* by: its id, or for a message without one (the wire allows
+    it) a digest of its encoding, so that id-less messages do not all claim one key."""
+    if message.id:
+        return message.id
+    return "sha1:" + hashlib.sha1(codec.encode(message)).hexdigest()
 
 
 class GroupClaims:
@@ -49,7 +60,7 @@ class GroupClaims:
         self._window_ms = max(1, int(window * 1000))
 
     def admit(self, message: Message, ticket: Any) -> bool:
-        key = self._keys.claim(self.group, self._direction, message.id)
+        key = self._keys.claim(self.group, self._direction, claim_id(message))
         [reply] = self._runner.run(
             [("SET", key, self.member, "NX", "PX", self._window_ms)], f"claiming message {message.id!r}"
         )
