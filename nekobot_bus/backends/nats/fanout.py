@@ -385,7 +385,14 @@ class NatsBus(Bus):
                 raise _Unreachable(f"unreachable for {self._timeout} s; nothing was sent") from None
         for subject, payload in pairs:
             await client.publish(subject, payload)
+        # nats-py's flush() returns at once, without a round trip, when its read loop has
+        # ended (a connection that just broke, not yet marked so): that is no confirmation.
+        reading = getattr(client, "_reading_task", None)
+        if not client.is_connected or reading is None or reading.done():
+            raise ConnectionError("the connection broke before the server confirmed")
         await client.flush(self._flush_timeout)
+        if not client.is_connected:
+            raise ConnectionError("the connection broke before the server confirmed")
 
     def _forget(self, ids: list[str]) -> None:
         with self._awaiting_lock:
