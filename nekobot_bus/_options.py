@@ -24,6 +24,7 @@ from .errors import ConfigError
 __all__ = [
     "DispatchOptions",
     "Rule",
+    "as_float",
     "converter",
     "dispatch_options",
     "flag",
@@ -66,6 +67,11 @@ def integer(minimum: int = 0) -> Any:
         _check(value >= minimum, attribute, f"an integer >= {minimum}", value)  # type: ignore[operator]
 
     return validate
+
+
+def as_float(value: Any) -> Any:
+    """An int of seconds as a float (a bool stays, for :func:`seconds` to refuse); an attrs converter."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def seconds(minimum: float = 0.0, *, optional: bool = False) -> Any:

@@ -11,6 +11,7 @@ import attrs
 from ... import codec
 from ..._options import (
     DispatchOptions,
+    as_float,
     dispatch_options,
     integer,
     keys_of,
@@ -29,10 +30,6 @@ __all__ = ["DEFAULT_NATS_URL", "NatsConfig", "NatsOptions", "read_config"]
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 URL_SCHEMES = ("nats", "tls")
-
-
-def _float(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _servers(_instance: object, _attribute: object, value: object) -> None:
@@ -85,8 +82,8 @@ class NatsOptions:
     nats_url: str | list[str] = attrs.field(default=DEFAULT_NATS_URL, repr=False, validator=_servers)
     subject_prefix: str = attrs.field(default=DEFAULT_SUBJECT_PREFIX, validator=text(empty=False))
     group: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
-    connect_timeout: float = attrs.field(default=2.0, converter=_float, validator=seconds(0.01))
-    health_check_interval: float = attrs.field(default=2.0, converter=_float, validator=seconds(0.1))
+    connect_timeout: float = attrs.field(default=2.0, converter=as_float, validator=seconds(0.01))
+    health_check_interval: float = attrs.field(default=2.0, converter=as_float, validator=seconds(0.1))
     max_message_size: int = attrs.field(default=codec.DEFAULT_MAX_SIZE, validator=integer(1024))
     intake_bytes: int = attrs.field(default=DEFAULT_INTAKE_BYTES, validator=integer(1))
 

@@ -18,6 +18,7 @@ import attrs
 from ... import codec
 from ..._options import (
     DispatchOptions,
+    as_float,
     dispatch_options,
     flag,
     integer,
@@ -49,12 +50,8 @@ DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_GROUP = "nekobot"
 
 
-def _float(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
 def _seconds(default: float, minimum: float = 0.0) -> Any:
-    return attrs.field(default=default, converter=_float, validator=seconds(minimum))
+    return attrs.field(default=default, converter=as_float, validator=seconds(minimum))
 
 
 @attrs.frozen(kw_only=True)
