@@ -443,7 +443,7 @@ def test_usage_errors_belong_to_the_command_and_verbose_goes_anywhere() -> None:
 
 def test_bench_reports_what_redis_cut_instead_of_stalling(tmp_path: Path) -> None:
     """Large payloads faster than a subscriber reads: Redis cuts it; the table says so and how many."""
-    server = RedisServer(tmp_path, "--client-output-buffer-limit", "pubsub 256kb 64kb 1")
+    server = RedisServer(tmp_path, "--client-output-buffer-limit", "pubsub 64kb 0 0")
     server.start()
     try:
         done = run(
