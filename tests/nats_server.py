@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .redis_server import free_port
+from .redis_server import free_port, suspend
 
 __all__ = ["NatsServer"]
 
@@ -74,7 +74,7 @@ class NatsServer:
 
     def pause(self) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
+        suspend(self.process.pid)
         self.paused = True
 
     def resume(self) -> None:

@@ -12,13 +12,35 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["RedisServer", "free_port"]
+__all__ = ["RedisServer", "free_port", "suspend"]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def suspend(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP *pid* and return once every thread of it has stopped.
+
+    ``kill`` returns before the signal takes effect: on another core the
+    server may still answer a PING or two, which a test that expects silence
+    would take for a server that ignored the pause.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{pid}/task")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            states = {(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()}
+        except FileNotFoundError:  # a thread ended while we looked
+            states = {"?"}
+        if states <= {"T", "t"}:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not stop within {timeout} s: thread states {states}")
+        time.sleep(0.001)
 
 
 class RedisServer:
@@ -95,7 +117,7 @@ class RedisServer:
 
     def pause(self) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
+        suspend(self.process.pid)
         self.paused = True
 
     def resume(self) -> None:

@@ -113,9 +113,9 @@ def batch_throughput(url: str, count: int, payload_size: int) -> Load:
                 handled, last_at = metrics["handled_in"], now()
             elif idle and metrics["reconnects"] and now() - last_at > 1.0:
                 break  # Redis cut the subscriber and it has nothing left: the rest is gone
-        elapsed = last_at - started
     lost = count - handled
-    return Load(handled / elapsed, [], lost, why_lost(bus.get_metrics()) if lost else "")
+    rate = handled / (last_at - started) if handled else 0.0
+    return Load(rate, [], lost, why_lost(bus.get_metrics()) if lost else "")
 
 
 def bare_batch_throughput(url: str, count: int, payload_size: int) -> Load:
@@ -163,7 +163,8 @@ def bare_batch_throughput(url: str, count: int, payload_size: int) -> Load:
         if cut
         else "nothing arrived for 10 s"
     )
-    return Load(received[0] / (last_at[0] - started), [], lost, why if lost else "")
+    rate = received[0] / (last_at[0] - started) if received[0] else 0.0
+    return Load(rate, [], lost, why if lost else "")
 
 
 def steps_redis(options: BenchOptions) -> int:
@@ -229,9 +230,10 @@ def run_redis(options: BenchOptions, progress: Progress) -> tuple[list[Result], 
     ]
     ratios = {
         "redis_p50_vs_bare": statistics.median(p50_ours) / statistics.median(p50_bare),
-        "redis_batched_vs_bare": statistics.median(rates) / statistics.median(rates_bare),
         "redis_batched_rate": statistics.median(rates),
     }
+    if statistics.median(rates_bare):  # a baseline that Redis cut before it received has no rate to compare
+        ratios["redis_batched_vs_bare"] = statistics.median(rates) / statistics.median(rates_bare)
     if theirs:
         results.append(Result("kombu Redis transport (alternative)", theirs, note="SimpleQueue put/get"))
         ratios["kombu_p50_vs_redis"] = statistics.median(p50_theirs) / statistics.median(p50_ours)

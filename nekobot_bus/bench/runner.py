@@ -121,7 +121,7 @@ def _measure(
             ratios |= found
         if options.scaling:
             scaling = run_scaling(options, bar, redis_ok)
-    if "queue_rate" in ratios and "redis_batched_rate" in ratios:
+    if "queue_rate" in ratios and ratios.get("redis_batched_rate"):
         ratios["queue_rate_vs_fanout"] = ratios["queue_rate"] / ratios["redis_batched_rate"]
     return results, ratios, scaling
 
