@@ -59,6 +59,7 @@ from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
 from ...message import WILDCARD, Message
+from ..read_back import ReadBack
 from ..start_hold import NothingSent, StartHold
 from .loop import LoopThread
 from .options import DEFAULT_NATS_URL, NatsConfig, NatsOptions, read_config
@@ -109,8 +110,7 @@ class NatsBus(Bus):
         self._down_since: float | None = None  # monotonic; set while disconnected
         self._up: asyncio.Event | None = None  # the loop's view of the same
         # Messages this bus published to a subject it listens to, not yet read back.
-        self._awaiting: dict[str, tuple[Direction, str]] = {}
-        self._awaiting_lock = threading.Condition()
+        self._read_back = ReadBack(self._metrics)
         self._last_message_at: float | None = None
         self._outage_told = False
 
@@ -168,7 +168,7 @@ class NatsBus(Bus):
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         if drain:
-            self._wait_read_back(max(0.0, deadline - time.monotonic()))
+            self._read_back.wait(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
         client = self._client
         if client is not None:
@@ -178,9 +178,7 @@ class NatsBus(Bus):
                 logger.warning("the NATS connection to %s did not close cleanly: %r", self.address, exc)
         alive = self._loop.stop(max(0.1, deadline - time.monotonic()))
         self._hold.drop_all()
-        with self._awaiting_lock:
-            self._awaiting.clear()
-            self._awaiting_lock.notify_all()
+        self._read_back.clear()
         return [alive] if alive is not None else []
 
     # -- the connection (loop thread) ----------------------------------------
@@ -215,7 +213,7 @@ class NatsBus(Bus):
             self._down_since = time.monotonic()
         if not self._stopping.is_set():
             self._metrics.incr("connection_errors")
-            self._count_lost()
+            self._read_back.lost_with_connection()
             if not self._outage_told:
                 self._outage_told = True
                 logger.warning(
@@ -288,18 +286,8 @@ class NatsBus(Bus):
                 pending_bytes_limit=self.nats.intake_bytes,
             )
         await client.flush(self._flush_timeout)  # the server has them: a message sent now is received
-        self._forget_unsubscribed(set(wanted))
-
-    def _forget_unsubscribed(self, subjects: set[str]) -> None:
-        """Messages awaited on a subject no longer subscribed will not come: count them ``no_handler``."""
-        with self._awaiting_lock:
-            gone = [i for i, (d, s) in self._awaiting.items() if not _covered(s, d, subjects, self.subjects)]
-            directions = [self._awaiting.pop(i)[0] for i in gone]
-            if gone and not self._awaiting:
-                self._awaiting_lock.notify_all()
-        for direction in directions:
-            self._metrics.accepted(f"messages_{direction.suffix}")
-            self._metrics.finished(f"no_handler_{direction.suffix}")
+        subjects = set(wanted)
+        self._read_back.unsubscribed(lambda d, s: _covered(s, d, subjects, self.subjects))
 
     async def _on_message(self, msg: Msg) -> None:
         name = self.subjects.parse(msg.subject)
@@ -314,8 +302,7 @@ class NatsBus(Bus):
             logger.warning("undecodable payload on %s (%d bytes): %s", msg.subject, len(payload), exc)
             return
         self._dispatchers[name.direction].offer(message, None, len(payload))
-        if message.id in self._awaiting:
-            self._forget([message.id])
+        self._read_back.arrived(message.id)
 
     # -- sending ----------------------------------------------------------------
 
@@ -353,17 +340,15 @@ class NatsBus(Bus):
             for m, subject in zip(batch, subjects, strict=True)
             if m.channel_id in local or WILDCARD in local
         }
-        if mine:  # noted before publishing: the loop may read it back before the call returns
-            with self._awaiting_lock:
-                self._awaiting.update(mine)
+        self._read_back.expect(mine)  # before publishing: the loop may read it back before the call returns
         try:
             self._loop.call(self._publish(list(zip(subjects, payloads, strict=True))), self._timeout)
         except _Unreachable as exc:
-            self._forget(list(mine))
+            self._read_back.forget(mine)
             self._metrics.incr("connection_errors")
             raise NothingSent(f"NATS at {self.address} {exc}") from None
         except (TimeoutError, OSError, RuntimeError, nats.errors.Error) as exc:
-            self._forget(list(mine))
+            self._read_back.forget(mine)
             self._metrics.incr("connection_errors")
             raise BusConnectionError(
                 f"NATS at {self.address} did not confirm {len(batch)} message(s) within {self._timeout} s "
@@ -394,34 +379,14 @@ class NatsBus(Bus):
         if not client.is_connected:
             raise ConnectionError("the connection broke before the server confirmed")
 
-    def _forget(self, ids: list[str]) -> None:
-        with self._awaiting_lock:
-            for message_id in ids:
-                self._awaiting.pop(message_id, None)
-            if not self._awaiting:
-                self._awaiting_lock.notify_all()
-
-    def _count_lost(self) -> None:
-        with self._awaiting_lock:
-            lost = len(self._awaiting)
-            self._awaiting.clear()
-            self._awaiting_lock.notify_all()
-        if lost:
-            self._metrics.incr("lost", lost)
-            logger.warning("%d message(s) this bus sent to itself were lost with the connection", lost)
-
     # -- observing ----------------------------------------------------------------
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until what this bus sent to itself has arrived and every taken message is finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._wait_read_back(timeout):
+        if not self._read_back.wait(timeout):
             return False
         return self._metrics.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    def _wait_read_back(self, timeout: float | None) -> bool:
-        with self._awaiting_lock:
-            return self._awaiting_lock.wait_for(lambda: not self._awaiting, timeout)
 
     def health(self) -> dict[str, Any]:
         """Whether the connection is up, to which server, how often it reconnected, the last message's age."""
