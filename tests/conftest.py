@@ -14,6 +14,7 @@ import pytest
 from nekobot_bus import Bus, create_bus
 
 from .nats_server import NatsServer
+from .redis_cluster import ClusterSet
 from .redis_sentinel import MASTER_NAME, SentinelSet
 from .redis_server import RedisServer
 
@@ -159,6 +160,43 @@ def sentinel_config(sentinels: SentinelSet, **bus: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    """One Redis Cluster for the tests that do not harm it (each uses its own key prefix)."""
+    cluster = ClusterSet(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_set(tmp_path: Path) -> Iterator[ClusterSet]:
+    """A Redis Cluster of this test's own, which it may fail over and kill."""
+    cluster = ClusterSet(tmp_path)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
+    """A fan-out config on *cluster*'s global pub/sub, with a key prefix of its own."""
+    return {
+        "bus": {
+            "type": "redis",
+            "redis_cluster_nodes": cluster.addresses(),
+            "cluster_pubsub": "global",
+            "prefix": f"t{uuid.uuid4().hex[:8]}:",
+            "health_check_interval": 0.5,
+            "health_check_timeout": 1.0,
+            **bus,
+        }
+    }
+
+
 @pytest.fixture(
     params=[
         *sorted(LOCAL_BACKENDS),
@@ -167,6 +205,7 @@ def sentinel_config(sentinels: SentinelSet, **bus: Any) -> dict[str, Any]:
         "redis-queue-sharded",
         "redis-sentinel",
         "redis-queue-sentinel",
+        "redis-cluster",
         "nats",
     ]
 )
@@ -190,6 +229,7 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
             max_deliveries=1,
             min_replicas_ack=1,
         ),
+        "redis-cluster": lambda: cluster_config(server("shared_cluster")),
         "nats": lambda: nats_config(server("shared_nats")),
     }
     if request.param in remote:

@@ -46,7 +46,9 @@ def suspend(pid: int, timeout: float = 5.0) -> None:
 class RedisServer:
     """One ``redis-server`` on a free loopback port, data kept in *directory*."""
 
-    def __init__(self, directory: Path, *extra_args: str, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, *extra_args: str, password: str | None = None, port: int | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -54,7 +56,7 @@ class RedisServer:
             )
         self.binary = binary
         self.directory = directory
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.password = password
         self.extra_args = (*extra_args, "--requirepass", password) if password else extra_args
         self.process: subprocess.Popen[bytes] | None = None

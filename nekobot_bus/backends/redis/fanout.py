@@ -9,7 +9,9 @@ connection. A connect failure is retried with capped backoff until
 failure after the command was written is not retried (Redis may have
 published it) and raises at once. ``PUBLISH`` returning 0 means no process
 was subscribed: the message is counted ``unrouted`` (or raises
-:class:`~nekobot_bus.UnroutedMessageError` with ``raise_on_unrouted``).
+:class:`~nekobot_bus.UnroutedMessageError` with ``raise_on_unrouted``). On
+a Redis Cluster ``PUBLISH`` counts only the subscribers of the node it ran
+on, so nothing is counted ``unrouted`` there.
 
 One reader thread (``nekobot-bus-redis-reader``) owns the subscriber
 connection; no other thread touches it. It is a bare redis-py connection
@@ -61,10 +63,12 @@ from ..._threads import join_all
 from ...dispatch import Direction
 from ...errors import (
     BusConnectionError,
+    ConfigError,
     MessageDecodeError,
     UnroutedMessageError,
 )
 from ...message import WILDCARD, Message
+from ..read_back import ReadBack
 from ..start_hold import StartHold
 from .base import RedisBase
 from .group import GroupClaims
@@ -111,14 +115,17 @@ class RedisBus(RedisBase):
         options: FanoutOptions = self._delivery_options
         self.health_check_interval = options.health_check_interval
         self.raise_on_unrouted = options.raise_on_unrouted
+        if self.raise_on_unrouted and not self.server.counts_receivers:
+            raise ConfigError(
+                f"bus.raise_on_unrouted cannot work on {self.server.address}: PUBLISH there counts only "
+                "the subscribers of one node, so nobody can tell a message nobody received"
+            )
         self.group = options.group
         self._wake_channel = self.keys.wake(uuid.uuid4().hex)
         self._reader: threading.Thread | None = None  # one per start(), owned by the bus
         self._subs = Subscriptions(frozenset({self._wake_channel}))
-        # Messages this bus published to a channel it listens to, not yet read
-        # back: their ids, with the direction and the Redis channel they went to.
-        self._awaiting: dict[str, tuple[Direction, str]] = {}
-        self._awaiting_lock = threading.Condition()
+        self._read_back = ReadBack(self._metrics)
+        self._link_subscribed = False  # this connection's subscriptions were confirmed
         self._hold = StartHold(self.queue_size * self.workers, self._metrics)
         self._last_message_at: float | None = None
 
@@ -176,7 +183,7 @@ class RedisBus(RedisBase):
             claims.member = member
         reader = threading.Thread(
             target=self._link.run,
-            args=(self._read, self._count_lost),
+            args=(self._read, self._disconnected),
             name="nekobot-bus-redis-reader",
             daemon=True,
         )
@@ -215,7 +222,7 @@ class RedisBus(RedisBase):
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         if drain and self._reader is not None and self._reader.is_alive():
-            self._wait_read_back(max(0.0, deadline - time.monotonic()))
+            self._read_back.wait(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
         self._link.interrupt()
         alive = join_all([self._reader] if self._reader is not None else [], deadline)
@@ -261,29 +268,23 @@ class RedisBus(RedisBase):
             for m, channel in zip(batch, channels, strict=True)
             if m.channel_id in local or WILDCARD in local
         }
-        if mine:
-            with self._awaiting_lock:
-                self._awaiting.update(mine)
+        self._read_back.expect(mine)
         commands = [("PUBLISH", ch, body) for ch, body in zip(channels, payloads, strict=True)]
         try:
             counts = self._runner.run(commands, f"publishing {len(commands)} message(s)")
         except BusConnectionError:
-            self._forget(list(mine))
+            self._read_back.forget(mine)
             raise
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
+        if not self.server.counts_receivers:
+            self._read_back.published(mine)
+            return
         unrouted = [m for m, receivers in zip(batch, counts, strict=True) if not receivers]
         if unrouted:
-            self._forget([m.id for m in unrouted])
+            self._read_back.forget(m.id for m in unrouted)
             self._metrics.incr("unrouted", len(unrouted))
             if self.raise_on_unrouted and raising:
                 raise UnroutedMessageError(f"{len(unrouted)} of {len(batch)} messages reached no subscriber")
-
-    def _forget(self, ids: list[str]) -> None:
-        with self._awaiting_lock:
-            for message_id in ids:
-                self._awaiting.pop(message_id, None)
-            if not self._awaiting:
-                self._awaiting_lock.notify_all()
 
     # -- reading (the reader thread) ----------------------------------------
 
@@ -300,6 +301,8 @@ class RedisBus(RedisBase):
 
     def _receive(self, channel: str, payload: bytes) -> None:
         if channel == self._wake_channel:
+            if payload:
+                self._read_back.marker_arrived(int(payload))
             return
         name = self.keys.parse(channel)
         if name is None:
@@ -314,42 +317,36 @@ class RedisBus(RedisBase):
         self._dispatchers[name.direction].offer(message, None, len(payload))
         # Unlocked test first: a sender notes its id before PUBLISH, so an id
         # of ours is always visible here, and others' messages take no lock.
-        if message.id in self._awaiting:
-            self._forget([message.id])
+        self._read_back.arrived(message.id)
+
+    def _disconnected(self) -> None:
+        self._link_subscribed = False
+        self._read_back.lost_with_connection()
 
     def _subscriptions_confirmed(self, subscribed: frozenset[str]) -> None:
-        """Messages awaited on a channel no longer subscribed will not come: count them ``no_handler``."""
-        with self._awaiting_lock:
-            gone = [i for i, (_, channel) in self._awaiting.items() if not covers(subscribed, channel)]
-            directions = [self._awaiting.pop(i)[0] for i in gone]
-            if gone and not self._awaiting:
-                self._awaiting_lock.notify_all()
-        for direction in directions:
-            self._metrics.accepted(f"messages_{direction.suffix}")
-            self._metrics.finished(f"no_handler_{direction.suffix}")
+        """Messages awaited on a channel no longer subscribed will not come: count them ``no_handler``.
 
-    def _count_lost(self) -> None:
-        with self._awaiting_lock:
-            lost = len(self._awaiting)
-            self._awaiting.clear()
-            self._awaiting_lock.notify_all()
-        if lost:
-            self._metrics.incr("lost", lost)
-            logger.warning("%d message(s) this bus sent to itself were lost with the connection", lost)
+        Where ``PUBLISH`` does not say who received (a cluster), a message
+        published before this subscription took hold may never come either:
+        a marker published now tells, when it comes back, which did not.
+        """
+        self._link_subscribed = True
+        self._read_back.unsubscribed(lambda _direction, channel: covers(subscribed, channel))
+        if not self.server.counts_receivers:
+            marker = self._read_back.marker()
+            with contextlib.suppress(BusConnectionError):  # then the link breaks, and counts them lost
+                self._runner.run(
+                    [("PUBLISH", self._wake_channel, b"%d" % marker)], "publishing a marker", timeout=0.5
+                )
 
     # -- observing --------------------------------------------------------
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until what this bus sent to itself has arrived and every taken message is finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._wait_read_back(timeout):
+        if not self._read_back.wait(timeout):
             return False
         return self._metrics.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    def _wait_read_back(self, timeout: float | None) -> bool:
-        """Wait until the reader has read back every message this bus sent to itself."""
-        with self._awaiting_lock:
-            return self._awaiting_lock.wait_for(lambda: not self._awaiting, timeout)
 
     def health(self) -> dict[str, Any]:
         """Liveness of the reader: connected and subscribed, since when, last message age."""
@@ -358,7 +355,7 @@ class RedisBus(RedisBase):
         connected = since is not None and self.running
         return super().health() | {
             "connected": connected,
-            "subscribed": connected and self._subs.up_to_date(),
+            "subscribed": connected and self._link_subscribed and self._subs.up_to_date(),
             "connected_since": since,
             "last_message_age": None if last is None else max(0.0, time.time() - last),
             "reconnects": self._metrics.snapshot()["reconnects"],

@@ -33,7 +33,7 @@ from ..._urls import redact
 from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
 from .keyspace import DEFAULT_PREFIX, Keyspace
-from .topology import SentinelMaster, Server, Standalone
+from .topology import ClusterNodes, SentinelMaster, Server, Standalone
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -146,12 +146,22 @@ class Address:
     redis_sentinel_password: str | None = attrs.field(
         default=None, repr=False, validator=attrs.validators.optional(text())
     )
+    redis_cluster_nodes: list[str] | None = attrs.field(default=None, validator=_addresses)
+    cluster_pubsub: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(text(empty=False))
+    )
 
     def server(self) -> Server:
         """The :class:`~.topology.Server` these keys describe.
 
         :raises ConfigError: naming the keys that exclude each other or are missing.
         """
+        if self.redis_cluster_nodes is not None:
+            return self._cluster()
+        if self.cluster_pubsub is not None:
+            raise ConfigError(
+                "bus.cluster_pubsub needs bus.redis_cluster_nodes: it says how a cluster carries pub/sub"
+            )
         if self.redis_sentinels is None:
             if self.redis_sentinel_master is not None or self.redis_sentinel_password is not None:
                 raise ConfigError(
@@ -166,16 +176,47 @@ class Address:
             raise ConfigError(
                 "bus.redis_sentinels needs bus.redis_sentinel_master, the name the sentinels monitor"
             )
-        sentinels = []
-        for node in self.redis_sentinels:
-            host, _, port = node.rpartition(":") if ":" in node else (node, "", "26379")
-            sentinels.append((host.strip("[]"), int(port)))
         return SentinelMaster(
-            sentinels,
+            [_host_port(node, 26379) for node in self.redis_sentinels],
             self.redis_sentinel_master,
             password=self.redis_password,
             sentinel_password=self.redis_sentinel_password,
             db=self.redis_db or 0,
+        )
+
+    def _cluster(self) -> ClusterNodes:
+        assert self.redis_cluster_nodes is not None
+        others = [
+            key
+            for key in (
+                "redis_url",
+                "redis_addr",
+                "redis_sentinels",
+                "redis_sentinel_master",
+                "redis_sentinel_password",
+            )
+            if getattr(self, key) is not None
+        ]
+        if others:
+            raise ConfigError(
+                f"bus.redis_cluster_nodes excludes {', '.join('bus.' + k for k in others)}: "
+                "the cluster's nodes are where Redis is"
+            )
+        if self.redis_db:
+            raise ConfigError(
+                "bus.redis_db must be 0 with bus.redis_cluster_nodes (a cluster has one database), "
+                f"not {self.redis_db}"
+            )
+        pubsub = self.cluster_pubsub or "sharded"
+        if pubsub not in ("sharded", "global"):
+            raise ConfigError(f"bus.cluster_pubsub must be one of 'sharded', 'global', not {pubsub!r}")
+        if pubsub == "sharded":
+            raise ConfigError(
+                "bus.cluster_pubsub 'sharded' (the default on a cluster) is not built yet in this release; "
+                "set bus.cluster_pubsub: global (PUBLISH/SUBSCRIBE, every message crosses every node)"
+            )
+        return ClusterNodes(
+            [_host_port(node, 6379) for node in self.redis_cluster_nodes], password=self.redis_password
         )
 
     def url(self) -> str:
@@ -197,6 +238,12 @@ class Address:
 
 
 URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _host_port(node: str, default_port: int) -> tuple[str, int]:
+    """``(host, port)`` of a checked ``host[:port]``, IPv6 brackets removed."""
+    parts = urlsplit(f"redis://{node}")
+    return parts.hostname or "localhost", parts.port or default_port
 
 
 def checked_addr(addr: str, key: str) -> str:
@@ -304,7 +351,7 @@ def read_config(config: Mapping[str, Any]) -> RedisConfig:
         connection["prefix"] = connection.pop("redis_prefix")
     address = structure(Address, parts["address"], "bus")
     go = structure(_GoRedis, section(config, "redis"), "redis")
-    if address.redis_url is None and address.redis_sentinels is None:
+    if (address.redis_url, address.redis_sentinels, address.redis_cluster_nodes) == (None, None, None):
         address = attrs.evolve(
             address,
             redis_addr=address.redis_addr if address.redis_addr is not None else go.addr,

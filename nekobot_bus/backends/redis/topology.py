@@ -1,4 +1,4 @@
-"""Where a bus's Redis is: one server by URL, or the master a set of Sentinels names.
+"""Where a bus's Redis is: one server by URL, the master a set of Sentinels names, or a Cluster.
 
 Everything that connects (the sending client, a reader's pool, ``tail``,
 the reachability check) asks a :class:`Server` for it, so the deliveries
@@ -18,8 +18,9 @@ the connection and sends it again to the new master, within ``send_timeout``.
 from __future__ import annotations
 
 import abc
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConn
 
 from .client import make_client, redact
 
-__all__ = ["SentinelMaster", "Server", "Standalone"]
+__all__ = ["ClusterNodes", "SentinelMaster", "Server", "Standalone"]
 
 
 class Server(abc.ABC):
@@ -37,6 +38,9 @@ class Server(abc.ABC):
 
     #: How logs, errors and ``repr()`` show it: never with a password.
     address: str
+    #: Whether ``PUBLISH`` answers how many subscribers got the message; on a
+    #: cluster it counts only those connected to the node it ran on.
+    counts_receivers = True
 
     @abc.abstractmethod
     def client(self, **options: Any) -> redis.Redis:
@@ -148,3 +152,115 @@ class SentinelMaster(Server):
 
     def __repr__(self) -> str:
         return f"SentinelMaster({self.address!r})"
+
+
+class _NodeRing:
+    """The nodes of a cluster, the one in use first. Thread-safe.
+
+    Every connection of a bus goes to the same node while it answers: two
+    messages one thread publishes through two nodes could reach a
+    subscriber in the wrong order.
+    """
+
+    def __init__(self, nodes: Sequence[tuple[str, int]]) -> None:
+        self.nodes = tuple(nodes)
+        self._lock = threading.Lock()
+        self._first = 0
+        self.last: tuple[str, int] | None = None
+
+    def in_turn(self) -> list[tuple[str, int]]:
+        """Every node once, the one in use first."""
+        with self._lock:
+            first = self._first
+        return [*self.nodes[first:], *self.nodes[:first]]
+
+    def use(self, node: tuple[str, int]) -> None:
+        """*node* took a connection: the next ones go there too."""
+        with self._lock:
+            self._first = self.nodes.index(node)
+            self.last = node
+
+    def failed(self, node: tuple[str, int]) -> None:
+        """A connection to *node* could not be set up: the next ones try the node after it."""
+        with self._lock:
+            if self.nodes[self._first] == node:
+                self._first = (self._first + 1) % len(self.nodes)
+
+
+class _AnyNodeConnection(Connection):
+    """A connection to the first node of its ring that takes one and answers its greeting.
+
+    A node that accepts the connection but does not answer (a paused
+    process) fails the greeting after ``socket_timeout``; the next
+    connection then tries the node after it.
+    """
+
+    def __init__(self, *, ring: _NodeRing, **options: Any) -> None:
+        self._ring = ring
+        host, port = ring.nodes[0]
+        super().__init__(host=host, port=port, **options)
+
+    def _connect(self) -> Any:
+        refused: list[str] = []
+        for host, port in self._ring.in_turn():
+            self.host, self.port = host, port
+            try:
+                return super()._connect()
+            except OSError as exc:
+                self._ring.failed((host, port))
+                refused.append(f"{host}:{port}: {exc}")
+        raise OSError(f"no cluster node accepted a connection ({'; '.join(refused)})")
+
+    def _connect_noting(self, connect: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "_sock", None) is not None:  # connected already: nothing to note
+            return
+        try:
+            connect(*args, **kwargs)
+        except Exception:
+            self._ring.failed((self.host, self.port))
+            raise
+        self._ring.use((self.host, self.port))
+
+    # Newer redis-py connects through connect_check_health (connect() calls
+    # it, and so does a command on a closed connection); 5.0 through connect().
+    if hasattr(Connection, "connect_check_health"):
+
+        def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+            self._connect_noting(super().connect_check_health, *args, **kwargs)
+
+    else:
+
+        def connect(self, *args: Any, **kwargs: Any) -> None:
+            self._connect_noting(super().connect, *args, **kwargs)
+
+
+class ClusterNodes(Server):
+    """A Redis Cluster, known by some of its *nodes*; *password* applies to every node.
+
+    Only global pub/sub is built on it: ``PUBLISH`` and ``SUBSCRIBE`` on any
+    node reach every subscriber in the cluster, at the price of every message
+    crossing every node.
+    """
+
+    counts_receivers = False
+
+    def __init__(self, nodes: Sequence[tuple[str, int]], *, password: str | None = None) -> None:
+        self._ring = _NodeRing(nodes)
+        self._password = password
+        self.address = "redis-cluster://" + ",".join(f"{host}:{port}" for host, port in self._ring.nodes)
+
+    def pool(self, **options: Any) -> redis.ConnectionPool:
+        return redis.ConnectionPool(
+            connection_class=_AnyNodeConnection, ring=self._ring, password=self._password, **options
+        )
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(connection_pool=self.pool(**options))
+
+    def in_use(self) -> str | None:
+        """The ``host:port`` of the node the last connection was made to."""
+        last = self._ring.last
+        return None if last is None else f"{last[0]}:{last[1]}"
+
+    def __repr__(self) -> str:
+        return f"ClusterNodes({self.address!r})"

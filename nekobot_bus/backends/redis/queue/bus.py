@@ -79,7 +79,7 @@ from typing import Any
 from .... import codec
 from ...._threads import join_all
 from ....dispatch import Direction
-from ....errors import BusConnectionError, BusReplyError
+from ....errors import BusConnectionError, BusReplyError, ConfigError
 from ....message import Message
 from ....settle import Settler
 from ...start_hold import NothingSent, StartHold
@@ -87,6 +87,7 @@ from ..base import RedisBase
 from ..keyspace import shard_of
 from ..options import QueueOptions
 from ..subscriber import Subscriptions
+from ..topology import ClusterNodes
 from .acker import Acker
 from .ledger import Entry, Ledger
 from .progress import GroupProgress
@@ -146,6 +147,11 @@ class RedisStreamBus(RedisBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if isinstance(self.server, ClusterNodes):
+            raise ConfigError(
+                "the queue delivery does not run on a Redis Cluster yet (its streams, dedup keys and "
+                "leases would need hash tags to share a slot); use the fan-out, or one Redis or Sentinel"
+            )
         self._streams = StreamReader(
             keys=self.keys,
             runner=self._runner,

@@ -1,0 +1,151 @@
+"""A Redis Cluster of three primaries and three replicas, all our own, joined by ``redis-cli``.
+
+Each node is a ``redis-server --cluster-enabled yes`` on a free loopback port
+whose cluster bus port (port + 10000) is free too. The node timeout is 1 s,
+so a killed primary is replaced by its replica within about three seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .redis_sentinel import FAST_SYNC
+from .redis_server import RedisServer, free_port
+
+__all__ = ["ClusterSet"]
+
+READY_WITHIN = 30.0
+NODE_TIMEOUT_MS = 1000
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port, 10000 above it, is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class ClusterSet:
+    """Six cluster nodes in *directory*: after :meth:`start`, three primaries, each with a replica."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.nodes: list[RedisServer] = []
+        for n in range(6):
+            node_dir = directory / f"node-{n}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            args = (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                *FAST_SYNC,
+            )  # fmt: skip
+            self.nodes.append(RedisServer(node_dir, *args, port=_free_cluster_port()))
+
+    def addresses(self) -> list[str]:
+        """Every node's ``host:port``, as ``bus.redis_cluster_nodes`` takes them."""
+        return [node.addr for node in self.nodes]
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError(
+                    "redis-cli is not installed; bash scripts/test installs it (Debian: redis-tools)"
+                )
+            created = subprocess.run(
+                [cli, "--cluster", "create", *self.addresses(), "--cluster-replicas", "1", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
+            self.wait_until_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_until_healthy(self, within: float = READY_WITHIN, primaries: int = 3) -> None:
+        """Until every running node says the cluster is ok, and *primaries* replicas are in sync."""
+        deadline = time.monotonic() + within
+        while not self._healthy(primaries):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not become healthy in time")
+            time.sleep(0.05)
+
+    def _healthy(self, primaries: int) -> bool:
+        running = [node for node in self.nodes if node.process is not None]
+        synced = 0
+        try:
+            for node in running:
+                with node.client() as client:
+                    info: Any = client.execute_command("CLUSTER", "INFO")
+                    if b"cluster_state:ok" not in info:
+                        return False
+                    replication: Any = client.info("replication")
+                    if replication["role"] == "slave" and replication.get("master_link_status") == "up":
+                        synced += 1
+        except redis.RedisError:
+            return False
+        return synced >= primaries
+
+    def wait_until_replaced(self, gone: RedisServer, within: float = READY_WITHIN) -> float:
+        """Until every running node serves all slots without *gone*; return the seconds it took."""
+        started = time.monotonic()
+        while not self._served_without(gone.port):
+            if time.monotonic() - started > within:
+                raise RuntimeError(f"no replica took over from the node on port {gone.port} in time")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def _served_without(self, port: int) -> bool:
+        try:
+            for node in self.running():
+                with node.client() as client:
+                    info: Any = client.execute_command("CLUSTER", "INFO")
+                    slots: Any = client.execute_command("CLUSTER", "SLOTS")
+                if b"cluster_state:ok" not in info or any(int(s[2][1]) == port for s in slots):
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The node that serves *key*'s slot now."""
+        slot = self.slot_of(key)
+        for node in self.running():
+            with node.client() as client:
+                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        port = int(primary[1])
+                        return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def slot_of(self, key: str) -> int:
+        with self.running()[0].client() as client:
+            return int(client.execute_command("CLUSTER", "KEYSLOT", key))
+
+    def running(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
