@@ -183,12 +183,11 @@ def cluster_set(tmp_path: Path) -> Iterator[ClusterSet]:
 
 
 def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
-    """A fan-out config on *cluster*'s global pub/sub, with a key prefix of its own."""
+    """A fan-out config on *cluster* (sharded pub/sub unless *bus* says), with a key prefix of its own."""
     return {
         "bus": {
             "type": "redis",
             "redis_cluster_nodes": cluster.addresses(),
-            "cluster_pubsub": "global",
             "prefix": f"t{uuid.uuid4().hex[:8]}:",
             "health_check_interval": 0.5,
             "health_check_timeout": 1.0,
@@ -206,6 +205,7 @@ def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
         "redis-sentinel",
         "redis-queue-sentinel",
         "redis-cluster",
+        "redis-cluster-global",
         "nats",
     ]
 )
@@ -230,6 +230,7 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
             min_replicas_ack=1,
         ),
         "redis-cluster": lambda: cluster_config(server("shared_cluster")),
+        "redis-cluster-global": lambda: cluster_config(server("shared_cluster"), cluster_pubsub="global"),
         "nats": lambda: nats_config(server("shared_nats")),
     }
     if request.param in remote:

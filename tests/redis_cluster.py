@@ -7,6 +7,7 @@ so a killed primary is replaced by its replica within about three seconds.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -138,6 +139,39 @@ class ClusterSet:
                         port = int(primary[1])
                         return next(n for n in self.nodes if n.port == port)
         raise RuntimeError(f"no node serves slot {slot}")
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """A running replica of *primary*."""
+        for node in self.running():
+            with node.client() as client:
+                replication: Any = client.info("replication")
+            if replication["role"] == "slave" and int(replication["master_port"]) == primary.port:
+                return node
+        raise RuntimeError(f"the primary on port {primary.port} has no running replica")
+
+    def migrate_slot(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """Move *slot* and its keys from *source* to *target*, as ``redis-cli --cluster reshard`` does."""
+        with source.client() as src, target.client() as dst:
+            source_id = src.execute_command("CLUSTER", "MYID").decode()
+            target_id = dst.execute_command("CLUSTER", "MYID").decode()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.running():  # the others would learn it by gossip; now is sooner
+            if node not in (source, target):
+                with (
+                    node.client() as client,
+                    contextlib.suppress(redis.ResponseError),
+                ):  # a replica may refuse
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def primary_ports(self) -> set[int]:
+        """The ports of the nodes that serve slots now."""
+        with self.running()[0].client() as client:
+            return {int(s[2][1]) for s in client.execute_command("CLUSTER", "SLOTS")}
 
     def slot_of(self, key: str) -> int:
         with self.running()[0].client() as client:

@@ -1,14 +1,19 @@
-"""Redis Cluster with global pub/sub: any node carries every channel, and the bus moves on when one dies.
+"""Redis Cluster: sharded pub/sub follows its channels' slots; global pub/sub moves on when a node dies.
 
-The contract suite runs on a cluster too (``redis-cluster`` in conftest's
-backend matrix); these are the config rules and the faults.
+The contract suite runs on a cluster too (``redis-cluster`` and
+``redis-cluster-global`` in conftest's backend matrix); these are the
+config rules and the faults.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,7 +55,6 @@ NODES = ["127.0.0.1:7000", "127.0.0.1:7001"]
             {"redis_cluster_nodes": NODES, "cluster_pubsub": "global", "redis_db": 2},
             "bus.redis_db must be 0 with bus.redis_cluster_nodes",
         ),
-        ({"redis_cluster_nodes": NODES}, "'sharded' .the default on a cluster. is not built yet"),
         ({"redis_cluster_nodes": NODES, "cluster_pubsub": "both"}, "must be one of 'sharded', 'global'"),
         ({"cluster_pubsub": "global"}, "bus.cluster_pubsub needs bus.redis_cluster_nodes"),
         (
@@ -77,7 +81,7 @@ def test_the_address_lists_the_nodes_and_never_a_password(shared_cluster: Cluste
 
 def test_a_message_published_on_another_node_arrives(shared_cluster: ClusterSet, buses: list[Bus]) -> None:
     """The Go gateway may PUBLISH on any node: global pub/sub relays it to ours."""
-    config = cluster_config(shared_cluster)
+    config = cluster_config(shared_cluster, cluster_pubsub="global")
     bus = build(buses, config)
     got: list[Message] = []
     arrived = threading.Event()
@@ -100,7 +104,7 @@ def test_a_message_published_on_another_node_arrives(shared_cluster: ClusterSet,
 def test_a_killed_node_under_load_and_the_bus_carries_on(cluster_set: ClusterSet, buses: list[Bus]) -> None:
     """Kill -9 the node the bus uses while it sends to itself: it moves to another node by itself;
     each message is handled, counted lost, or its send raised; and the counts add up."""
-    bus = build(buses, cluster_config(cluster_set, send_timeout=5.0))
+    bus = build(buses, cluster_config(cluster_set, cluster_pubsub="global", send_timeout=5.0))
     handled: list[str] = []
     bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
     raised: list[str] = []
@@ -144,7 +148,7 @@ def test_a_killed_node_under_load_and_the_bus_carries_on(cluster_set: ClusterSet
 
 def test_a_paused_node_is_left_for_another(cluster_set: ClusterSet, buses: list[Bus]) -> None:
     """A node that accepts connections but does not answer: the reader's PING notices, and it moves on."""
-    bus = build(buses, cluster_config(cluster_set))
+    bus = build(buses, cluster_config(cluster_set, cluster_pubsub="global"))
     arrived = threading.Event()
     bus.register_inbound_handler("telegram", lambda m: arrived.set())
     with bus:
@@ -164,3 +168,227 @@ def test_a_paused_node_is_left_for_another(cluster_set: ClusterSet, buses: list[
                 arrived.wait(0.2)
         finally:
             victim.resume()
+
+
+# -- sharded pub/sub ------------------------------------------------------------------
+
+
+class Sender:
+    """A thread sending *channel* messages numbered from 0 until stopped; what raised is kept."""
+
+    def __init__(self, bus: Bus, channel: str = "telegram") -> None:
+        self.bus, self.channel = bus, channel
+        self.raised: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                self.bus.send_inbound(Message(channel_id=self.channel, content=str(n)))
+            except BusConnectionError:
+                self.raised.append(str(n))
+            n += 1
+            time.sleep(0.002)
+
+    def __enter__(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_for(condition: Any, what: str, within: float = WAIT) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+#: A failover may count a few messages unrouted or lost that still arrive (README: Redis Cluster).
+FAILOVER_OVERCOUNT = 10
+
+
+def assert_each_once_and_accounted(
+    bus: Bus, handled: list[str], raised: list[str], overcount: int = 0
+) -> dict[str, int]:
+    """Every message sent is handled once, or counted unrouted or lost: none silently lost, none twice.
+
+    A send that raised may have been either; *overcount* messages may be counted and handled both.
+    """
+    assert bus.wait_idle(WAIT)
+    m = assert_counts_add_up(bus)
+    assert len(set(handled)) == len(handled), "a message was handled twice"
+    accounted = len(handled) + m["unrouted"] + m["lost"]
+    assert m["sent_in"] <= accounted <= m["sent_in"] + len(raised) + overcount, (
+        str(m),
+        len(handled),
+        len(raised),
+    )
+    return m
+
+
+def test_sharded_a_message_spublished_on_its_primary_arrives(
+    shared_cluster: ClusterSet, buses: list[Bus]
+) -> None:
+    """Another program's SPUBLISH on the channel's primary reaches the bus, which holds it there alone."""
+    config = cluster_config(shared_cluster)
+    bus = build(buses, config)
+    arrived = threading.Event()
+    bus.register_inbound_handler("telegram", lambda message: arrived.set())
+    channel = f"{config['bus']['prefix']}inbound:telegram"
+    with bus:
+        primary = shared_cluster.primary_of(channel)
+        with primary.client() as client:
+            assert client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 1
+            assert client.execute_command("SPUBLISH", channel, b'{"channel_id":"telegram"}') == 1
+        assert arrived.wait(WAIT)
+
+
+def test_sharded_every_channel_reaches_a_wildcard_listener_once(
+    shared_cluster: ClusterSet, buses: list[Bus]
+) -> None:
+    """ "*" on a sharded cluster: channels on all three primaries, each message once, the copies counted."""
+    config = cluster_config(shared_cluster)
+    listener = build(buses, config)
+    sender = build(buses, config)
+    exact = build(buses, config)
+    everything: list[tuple[str, str]] = []
+    only_telegram: list[str] = []
+    listener.register_inbound_handler("*", lambda m: everything.append((m.channel_id, m.content)))
+    exact.register_inbound_handler("telegram", lambda m: only_telegram.append(m.content))
+    prefix = config["bus"]["prefix"]
+    by_primary: dict[int, list[str]] = {}
+    for n in range(100):  # two channels on each primary
+        name = f"chat{n}"
+        by_primary.setdefault(shared_cluster.primary_of(f"{prefix}inbound:{name}").port, []).append(name)
+    assert len(by_primary) == 3
+    channels = ["telegram", *(name for names in by_primary.values() for name in names[:2])]
+    with listener, exact, sender:
+        for n in range(20):
+            sender.send_many("inbound", [Message(channel_id=c, content=str(n)) for c in channels])
+        wait_for(lambda: len(everything) >= 20 * len(channels), f"only {len(everything)} arrived")
+        assert listener.wait_idle(WAIT)
+        assert exact.wait_idle(WAIT)
+    assert sorted(everything) == sorted((c, str(n)) for c in channels for n in range(20))
+    assert sorted(only_telegram, key=int) == [str(n) for n in range(20)]
+    assert sender.get_metrics()["unrouted"] == 0
+
+
+def test_sharded_a_migrated_channel_still_delivers(cluster_set: ClusterSet, buses: list[Bus]) -> None:
+    """Move the slot of a subscribed channel to another primary while messages flow: Redis unsubscribes
+    the reader, which finds the new primary; sends follow MOVED; nothing is lost uncounted."""
+    config = cluster_config(cluster_set, send_timeout=5.0)
+    bus = build(buses, config)
+    handled: list[str] = []
+    bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
+    channel = f"{config['bus']['prefix']}inbound:telegram"
+    source = cluster_set.primary_of(channel)
+    target = next(
+        p for p in cluster_set.running() if p is not source and p.port in cluster_set.primary_ports()
+    )
+    with bus, Sender(bus) as sender:
+        wait_for(lambda: len(handled) > 50, "messages did not flow before the migration")
+        cluster_set.migrate_slot(cluster_set.slot_of(channel), source, target)
+        with target.client() as client:
+            wait_for(
+                lambda: client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 1, "no resubscribe"
+            )
+        moved_at = len(handled)
+        wait_for(lambda: len(handled) > moved_at + 50, "messages did not flow after the migration")
+    m = assert_each_once_and_accounted(bus, handled, sender.raised)
+    assert m["reconnects"] == 0, "a migration is not a broken connection"
+
+
+def test_sharded_a_killed_primary_under_load_and_the_bus_carries_on(
+    cluster_set: ClusterSet, buses: list[Bus]
+) -> None:
+    """Kill -9 the primary of a subscribed channel under load: its replica takes over, and the reader and
+    the senders find it by themselves."""
+    config = cluster_config(cluster_set, send_timeout=10.0)
+    bus = build(buses, config)
+    handled: list[str] = []
+    bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
+    channel = f"{config['bus']['prefix']}inbound:telegram"
+    victim = cluster_set.primary_of(channel)
+    with bus, Sender(bus) as sender:
+        wait_for(lambda: len(handled) > 50, "messages did not flow before the kill")
+        victim.stop()
+        took = cluster_set.wait_until_replaced(victim)
+        replaced_at = len(handled)
+        wait_for(
+            lambda: len(handled) > replaced_at + 50,
+            f"messages did not flow after the failover ({took:.1f} s)",
+        )
+    assert_each_once_and_accounted(bus, handled, sender.raised, FAILOVER_OVERCOUNT)
+
+
+def test_sharded_a_manual_failover_is_followed(cluster_set: ClusterSet, buses: list[Bus]) -> None:
+    """CLUSTER FAILOVER on the replica: the old primary becomes a replica and drops its subscribers."""
+    config = cluster_config(cluster_set, send_timeout=10.0)
+    bus = build(buses, config)
+    handled: list[str] = []
+    bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
+    channel = f"{config['bus']['prefix']}inbound:telegram"
+    primary = cluster_set.primary_of(channel)
+    replica = cluster_set.replica_of(primary)
+    with bus, Sender(bus) as sender:
+        wait_for(lambda: len(handled) > 50, "messages did not flow before the failover")
+        with replica.client() as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+        wait_for(lambda: cluster_set.primary_of(channel) is replica, "the replica did not take over")
+        switched_at = len(handled)
+        wait_for(lambda: len(handled) > switched_at + 50, "messages did not flow after the failover")
+    assert_each_once_and_accounted(bus, handled, sender.raised, FAILOVER_OVERCOUNT)
+
+
+def test_a_prefix_with_braces_is_refused_on_a_cluster() -> None:
+    with pytest.raises(ConfigError, match=r"bus\.redis_prefix must not hold braces on a Redis Cluster"):
+        create_bus({"bus": {"type": "redis", "redis_cluster_nodes": NODES, "prefix": "app:{bus}:"}})
+
+
+def test_tail_on_a_sharded_cluster_sees_every_channel(
+    shared_cluster: ClusterSet, buses: list[Bus], tmp_path: Path
+) -> None:
+    """tail is a "*" listener there: senders copy for it while it runs, and it shows each message once."""
+    config = cluster_config(shared_cluster)
+    path = tmp_path / "bus.json"
+    path.write_text(json.dumps(config))
+    sender = build(buses, config)
+    lease = f"{config['bus']['prefix']}every:inbound"
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nekobot_bus",
+            "tail",
+            "--config",
+            str(path),
+            "--inbound",
+            "--json",
+            "--count",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        node = shared_cluster.primary_of(lease)
+        with node.client() as client:
+            wait_for(lambda: client.exists(lease), "tail set no '*' lease")
+        time.sleep(0.6)  # a sender reads the lease at most every 0.5 s
+        with sender:
+            for channel in ("telegram", "discord", "slack"):
+                sender.send_inbound(Message(channel_id=channel, content=f"to {channel}"))
+            out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    seen = sorted((line["channel"], line["message"]["content"]) for line in map(json.loads, out.splitlines()))
+    assert seen == [("discord", "to discord"), ("slack", "to slack"), ("telegram", "to telegram")]

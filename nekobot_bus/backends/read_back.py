@@ -9,13 +9,20 @@ until one of these ends it, each counted once:
 - the server said nobody received it (the sender counted it ``unrouted``),
   or the publish failed (the sender raised);
 - its channel was unsubscribed before it came (``no_handler``);
-- the reader's connection broke, taking it along (``lost``);
-- a marker published after it has come back and it has not (``lost``):
-  for servers that do not say who received a message (a Redis Cluster),
-  so that a message published while the reader was away is not awaited
-  for ever.
+- a marker came back without it (``lost``), or the bus stopped without it.
 
-Thread-safe: senders add, the reader thread removes, anyone waits.
+A marker is a sequence number the bus publishes to its own reader's wake
+channel once a subscription is confirmed (after a reconnect above all).
+A message whose publish returned before the marker was taken had been
+delivered, or not, before the server took the marker: if it has not come
+by the time the marker does, it never will, and is counted ``lost``. This
+needs no guess about which messages a broken connection took along: a
+publish still in flight when a connection broke may well reach the next
+one, and is judged by a later marker instead (:meth:`marker_arrived` says
+when one is needed). On a cluster each reader holds its own channels, and
+a marker judges only the messages of the channels its reader holds.
+
+Thread-safe: senders add, reader threads remove, anyone waits.
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ logger = logging.getLogger("nekobot_bus")
 
 
 class _Awaited:
-    __slots__ = ("channel", "direction", "published")
+    __slots__ = ("channel", "direction", "expected", "published")
 
-    def __init__(self, direction: Direction, channel: str) -> None:
+    def __init__(self, direction: Direction, channel: str, expected: int) -> None:
         self.direction = direction
         self.channel = channel
-        self.published: int | None = None  # the sequence number taken when its publish returned
+        self.expected = expected  # the sequence number taken before its publish was sent
+        self.published: int | None = None  # the one taken when its publish returned
 
 
 class ReadBack:
@@ -55,15 +63,17 @@ class ReadBack:
         """Await these (id to direction and channel): called before they are published."""
         if messages:
             with self._cond:
-                self._awaited.update({i: _Awaited(d, c) for i, (d, c) in messages.items()})
+                now = next(self._sequence)
+                self._awaited.update({i: _Awaited(d, c, now) for i, (d, c) in messages.items()})
 
     def published(self, ids: Iterable[str]) -> None:
-        """Their publish returned: a marker taken from now on follows them."""
+        """Their publish returned: a marker taken from now on judges them."""
         with self._cond:
+            now = next(self._sequence)
             for message_id in ids:
                 entry = self._awaited.get(message_id)
                 if entry is not None:
-                    entry.published = next(self._sequence)
+                    entry.published = now
 
     def arrived(self, message_id: str) -> None:
         """The reader read *message_id*; most are not ours, and take no lock."""
@@ -89,23 +99,36 @@ class ReadBack:
             self._metrics.accepted(f"messages_{direction.suffix}")
             self._metrics.finished(f"no_handler_{direction.suffix}")
 
-    def lost_with_connection(self) -> None:
-        """The reader's connection broke: count ``lost`` every message still awaited."""
-        self._count_lost(lambda entry: True, "with the connection")
-
     def marker(self) -> int:
-        """A sequence number to publish after the messages whose publish has returned."""
+        """A sequence number to publish to the reader, after a subscription was confirmed."""
         with self._cond:
             return next(self._sequence)
 
-    def marker_arrived(self, marker: int) -> None:
-        """The marker came back: count ``lost`` the messages published before it that did not."""
-        self._count_lost(
-            lambda entry: entry.published is not None and entry.published < marker,
-            "while the reader was not subscribed",
-        )
+    def marker_arrived(self, marker: int, held: Callable[[str], bool] | None = None) -> bool:
+        """The marker came back: count ``lost`` the messages published before it that did not.
 
-    def _count_lost(self, which: Callable[[_Awaited], bool], how: str) -> None:
+        :param held: the channels of the reader that read the marker; ``None``: all.
+        :returns: whether a message of those channels was in flight when the
+            marker was taken, and is still awaited: another marker will judge it.
+        """
+
+        def mine(entry: _Awaited) -> bool:
+            return held is None or held(entry.channel)
+
+        self._count_lost(lambda e: mine(e) and e.published is not None and e.published < marker)
+        with self._cond:
+            return any(mine(e) and e.expected < marker for e in self._awaited.values())
+
+    def stopped(self) -> None:
+        """The bus stopped: what did not come is counted ``lost``."""
+        self._count_lost(lambda entry: True)
+
+    def lost_with_connection(self) -> None:
+        """The connection broke: count every awaited message ``lost`` (for a transport without markers,
+        where a publish in flight meanwhile may yet come, and be counted twice)."""
+        self._count_lost(lambda entry: True)
+
+    def _count_lost(self, which: Callable[[_Awaited], bool]) -> None:
         with self._cond:
             gone = [i for i, entry in self._awaited.items() if which(entry)]
             for message_id in gone:
@@ -114,10 +137,10 @@ class ReadBack:
                 self._cond.notify_all()
         if gone:
             self._metrics.incr("lost", len(gone))
-            logger.warning("%d message(s) this bus sent to itself were lost %s", len(gone), how)
+            logger.warning("%d message(s) this bus sent to itself never came back: lost", len(gone))
 
     def clear(self) -> None:
-        """The bus stopped: nothing more is awaited."""
+        """The bus stopped: nothing more is awaited (a transport that cannot tell what was lost)."""
         with self._cond:
             self._awaited.clear()
             self._cond.notify_all()

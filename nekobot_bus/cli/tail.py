@@ -2,22 +2,26 @@
 
 It only reads: on the fan-out delivery it subscribes like one more process
 (``PSUBSCRIBE``), on the queue delivery it reads the streams without a
-consumer group (``XREAD``), so it takes nothing away from the agents.
+consumer group (``XREAD``), so it takes nothing away from the agents. On a
+cluster with sharded pub/sub it is a ``"*"`` listener: while it runs,
+senders copy each message for it (``backends/redis/every.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..dispatch import Direction
-from ..errors import MessageDecodeError
+from ..errors import BusConnectionError, MessageDecodeError
 from ..message import validate_channel_id
+from ..metrics import Metrics
 from ._arguments import positive_count, positive_seconds
 from ._target import RedisTarget, add_target_arguments, config_from, ensure_reachable, redis_target
 from ._terminal import LONGEST, json_line, visible
@@ -87,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     client = target.server.client(socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
     read = _read_streams if target.delivery == "queue" else _read_pubsub
+    if target.delivery == "fanout" and getattr(target.server, "pubsub", None) == "sharded":
+        names = {keys.every_copy(d): d for d in args.directions}
+        read = functools.partial(_read_copies, lease=_lease(target, args.directions), only=set(channels))
     positions: dict[Any, Any] = {}  # where each stream was read up to; kept across reconnects
     seen = 0
     delay = 0.1
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                         return 0
             except BrokenPipeError:
                 raise  # stdout closed (tail | head): main() ends quietly, not a lost Redis
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, OSError, BusConnectionError) as exc:
                 if not lost:
                     gap = "" if target.delivery == "queue" else "; what is published meanwhile is not shown"
                     print(
@@ -127,6 +134,8 @@ def _read_pubsub(
     names: dict[str, Direction],
     deadline: float | None,
     _positions: dict[Any, Any],
+    *,
+    tick: Callable[[], None] = lambda: None,
 ) -> Iterator[tuple[Direction, str, bytes]]:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     patterns = [n for n in names if n.endswith("*")]
@@ -138,6 +147,7 @@ def _read_pubsub(
     try:
         while deadline is None or time.monotonic() < deadline:
             item = pubsub.get_message(timeout=_POLL)
+            tick()
             if item is None or item["type"] not in ("message", "pmessage"):
                 continue
             name = target.keys.parse(item["channel"].decode("utf-8", "replace"))
@@ -145,6 +155,45 @@ def _read_pubsub(
                 yield name.direction, name.channel_id, item["data"]
     finally:
         pubsub.close()
+
+
+def _lease(target: RedisTarget, directions: tuple[Direction, ...]) -> Callable[[], None]:
+    """What keeps tail's ``"*"`` lease on a sharded cluster: call it at least every second."""
+    from ..backends.redis.client import Reachability  # noqa: PLC0415 - the redis extra
+    from ..backends.redis.every import RENEW_SECONDS, EveryCopies  # noqa: PLC0415
+
+    runner = target.server.runner(Metrics(), 5.0, Reachability(), socket_connect_timeout=2, socket_timeout=5)
+    every = EveryCopies(runner, target.keys)
+    every.listen(directions, running=False)
+    renewed_at = [float("-inf")]
+
+    def keep() -> None:
+        if time.monotonic() - renewed_at[0] >= RENEW_SECONDS:
+            every.renew()
+            renewed_at[0] = time.monotonic()
+
+    return keep
+
+
+def _read_copies(
+    client: redis.Redis,
+    target: RedisTarget,
+    names: dict[str, Direction],
+    deadline: float | None,
+    positions: dict[Any, Any],
+    *,
+    lease: Callable[[], None],
+    only: set[str],
+) -> Iterator[tuple[Direction, str, bytes]]:
+    """The copies senders on a sharded cluster make for ``"*"`` listeners, tail's lease kept meanwhile."""
+    lease()
+    for direction, _every, payload in _read_pubsub(client, target, names, deadline, positions, tick=lease):
+        try:
+            channel = codec.decode(payload).channel_id
+        except MessageDecodeError:
+            channel = "?"
+        if not only or channel in only:
+            yield direction, channel, payload
 
 
 def _read_streams(

@@ -12,10 +12,10 @@ from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, ConfigError
 from ...message import Message
-from .client import CommandRunner, Reachability, client_options
+from .client import Reachability, client_options
 from .options import DEFAULT_URL, ConnectionOptions, RedisConfig, read_config
 from .reader_link import ReaderLink
-from .topology import Server, Standalone
+from .topology import ClusterNodes, Server, Standalone
 
 __all__ = ["RedisBase"]
 
@@ -56,6 +56,12 @@ class RedisBase(Bus):
         self.connection = ConnectionOptions(**{k: v for k, v in options.items() if k in own})
         self._delivery_options = self.delivery_options(**{k: v for k, v in options.items() if k in mine})
         self.server = Standalone(url) if isinstance(url, str) else url
+        if isinstance(self.server, ClusterNodes) and {"{", "}"} & set(self.connection.prefix):
+            raise ConfigError(
+                f"bus.redis_prefix must not hold braces on a Redis Cluster, not {self.connection.prefix!r}: "
+                "a cluster hashes only what is between them, so every channel would share one slot, "
+                "on one node"
+            )
         self._redis_options = redis_options
         super().__init__(**{k: v for k, v in options.items() if k not in own | mine})
         if self.dispatch != "threaded":
@@ -72,14 +78,14 @@ class RedisBase(Bus):
             socket_timeout=self.connection.socket_timeout,
             socket_connect_timeout=self.connection.socket_connect_timeout,
         )
-        self._client = self.server.client(**common, protocol=2)
-        reachability = Reachability()
-        self._runner = CommandRunner(
-            self._client, self.address, self._metrics, self.send_timeout, reachability
+        reachability = self._reachability = Reachability()
+        self._runner = self.server.runner(
+            self._metrics, self.send_timeout, reachability, **common, protocol=2
         )
         self._stopping = threading.Event()
         reader_options = common | {"protocol": 2, "decode_responses": False}
         reader_options["socket_timeout"] = self._reader_socket_timeout()
+        self._reader_options = reader_options
         self._link = ReaderLink(
             self.server.pool(**reader_options),
             address=self.address,

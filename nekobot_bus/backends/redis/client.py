@@ -205,6 +205,10 @@ class CommandRunner:
         self._scripts: dict[str, str] = {}  # by digest, for NOSCRIPT
         self._scripts_lock = threading.Lock()
 
+    def close(self) -> None:
+        """Close the client's connections; a later command opens new ones."""
+        self.client.close()
+
     def script(self, source: str) -> Script:
         """A :class:`Script` this runner loads into Redis when Redis answers ``NOSCRIPT``."""
         script = Script(source)

@@ -92,6 +92,10 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
     (redis.exceptions.BusyLoadingError, "LOADING"),
     (redis.exceptions.OutOfMemoryError, "OOM"),
     (redis.exceptions.NoPermissionError, "NOPERM"),
+    (redis.exceptions.MovedError, "MOVED"),  # before ASK: a MovedError is an AskError
+    (redis.exceptions.AskError, "ASK"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
 )
 
 

@@ -9,9 +9,7 @@ connection. A connect failure is retried with capped backoff until
 failure after the command was written is not retried (Redis may have
 published it) and raises at once. ``PUBLISH`` returning 0 means no process
 was subscribed: the message is counted ``unrouted`` (or raises
-:class:`~nekobot_bus.UnroutedMessageError` with ``raise_on_unrouted``). On
-a Redis Cluster ``PUBLISH`` counts only the subscribers of the node it ran
-on, so nothing is counted ``unrouted`` there.
+:class:`~nekobot_bus.UnroutedMessageError` with ``raise_on_unrouted``).
 
 One reader thread (``nekobot-bus-redis-reader``) owns the subscriber
 connection; no other thread touches it. It is a bare redis-py connection
@@ -44,11 +42,27 @@ broken connection is counted ``lost`` when the reader reconnects; one whose
 handlers were unregistered before it arrived is counted ``no_handler``. A
 message another process published into a connection that then broke is not
 seen by anybody: use the queue delivery where that matters.
+
+On a Redis Cluster
+------------------
+
+With sharded pub/sub (the default) a send is ``SPUBLISH`` to the primary
+that serves the channel's slot (:mod:`.cluster` follows ``MOVED``, ``ASK``
+and failovers), whose reply counts every subscriber of the shard, so
+``unrouted`` holds. The reader is a :class:`~.sharded.ShardedReader`: a
+thread per primary that serves a subscribed channel, which follows
+migrations and failovers by itself, and ``"*"`` reads the copies senders
+make while a ``"*"`` listener runs (:mod:`.every`). With global pub/sub
+(``cluster_pubsub: global``) the bus uses one node for everything, as on
+one Redis, but ``PUBLISH`` there counts only that node's subscribers:
+nothing is counted ``unrouted``, and a marker after each subscription
+tells which messages sent to ourselves never came (``lost``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -59,7 +73,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from ... import codec
-from ..._threads import join_all
 from ...dispatch import Direction
 from ...errors import (
     BusConnectionError,
@@ -71,9 +84,13 @@ from ...message import WILDCARD, Message
 from ..read_back import ReadBack
 from ..start_hold import StartHold
 from .base import RedisBase
+from .cluster import ClusterRunner
+from .every import CHECK_SECONDS, EveryCopies
 from .group import GroupClaims
 from .options import FanoutOptions
-from .subscriber import Subscriptions, covers, read_subscribed
+from .sharded import ShardedReader, link_maker
+from .subscriber import SingleReader, Subscriptions, covers, read_subscribed
+from .topology import ClusterNodes
 
 __all__ = ["RedisBus"]
 
@@ -122,10 +139,12 @@ class RedisBus(RedisBase):
             )
         self.group = options.group
         self._wake_channel = self.keys.wake(uuid.uuid4().hex)
-        self._reader: threading.Thread | None = None  # one per start(), owned by the bus
+        # The reader thread, or on a cluster with sharded pub/sub a reader per primary; one per start().
+        self._readers: SingleReader | ShardedReader | None = None
+        self._sharded = isinstance(self.server, ClusterNodes) and self.server.pubsub == "sharded"
+        self._every = EveryCopies(self._runner, self.keys) if self._sharded else None
         self._subs = Subscriptions(frozenset({self._wake_channel}))
         self._read_back = ReadBack(self._metrics)
-        self._link_subscribed = False  # this connection's subscriptions were confirmed
         self._hold = StartHold(self.queue_size * self.workers, self._metrics)
         self._last_message_at: float | None = None
 
@@ -154,16 +173,28 @@ class RedisBus(RedisBase):
 
     def _wanted_for(self, direction: Direction, channels: frozenset[str]) -> set[str]:
         if WILDCARD in channels:
-            # The pattern covers every channel; exact ones too would deliver twice.
-            return {self.keys.every_channel(direction)}
+            # The pattern (or the copies) cover every channel; exact ones too would deliver twice.
+            return {self.keys.every_copy(direction) if self._sharded else self.keys.every_channel(direction)}
         return {self.keys.messages(direction, c) for c in channels}
+
+    def _is_shard(self, name: str) -> bool:
+        """Whether *name* is subscribed with ``SSUBSCRIBE``: a message channel on a sharded cluster."""
+        parsed = self.keys.parse(name)
+        return parsed is not None and name != self.keys.every_copy(parsed.direction)
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:
         wanted: set[str] = set()
+        everywhere = []
         for d in Direction:
-            wanted |= self._wanted_for(d, channels if d is direction else self._registries[d].channels())
+            held = channels if d is direction else self._registries[d].channels()
+            wanted |= self._wanted_for(d, held)
+            if WILDCARD in held:
+                everywhere.append(d)
         generation = self._subs.want(wanted)
-        if self.running and threading.current_thread() is not self._reader:
+        added = self._every is not None and self._every.listen(everywhere, running=self.running)
+        if self.running and not (
+            self._readers is not None and self._readers.owns(threading.current_thread())
+        ):
             self._wake_reader()
             timeout = self.send_timeout if self.send_timeout is not None else 30.0
             if not self._subs.wait(generation, timeout):
@@ -171,6 +202,8 @@ class RedisBus(RedisBase):
                     f"Redis at {self.address} did not confirm the subscription change within {timeout} s; "
                     "the reader applies it once it is connected again"
                 )
+            if added:  # until every sender has seen the lease (every.py)
+                time.sleep(CHECK_SECONDS + 0.05)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -181,60 +214,103 @@ class RedisBus(RedisBase):
         member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         for claims in self._claims.values():
             claims.member = member
-        reader = threading.Thread(
-            target=self._link.run,
-            args=(self._read, self._disconnected),
-            name="nekobot-bus-redis-reader",
-            daemon=True,
-        )
-        self._reader = reader
-        self._link.starting = True
-        reader.start()
+        timeout = self.send_timeout if self.send_timeout is not None else 30.0
+        self._readers = readers = self._make_readers()
+        readers.start()
         wanted, _ = self._subs.current()
         generation = self._subs.want(set(wanted))  # a new generation: this reader's own confirmation
-        timeout = self.send_timeout if self.send_timeout is not None else 30.0
+        readers.apply()
         subscribed = self._subs.wait(generation, timeout)
-        self._link.starting = False
+        readers.set_starting(False)
         if not subscribed:
-            why = self._link.last_error
-            self._abandon_start(reader)
+            why = readers.last_error()
+            self._abandon_start()
             raise BusConnectionError(
                 f"could not subscribe on Redis at {self.address} within {timeout} s"
                 + (f": {why}" if why else "")
             )
-        try:  # unrouted ones are counted, not raised: start() is not their sender
+        try:
+            if self._every is not None and self._every.listening():
+                self._every.renew()  # set the leases now, and let every sender see them (every.py)
+                time.sleep(CHECK_SECONDS + 0.05)
+            # unrouted ones are counted, not raised: start() is not their sender
             self._hold.release(lambda direction, batch: self._publish_batch(direction, batch, raising=False))
         except BaseException:
-            self._abandon_start(reader)
+            self._abandon_start()
             raise
 
-    def _abandon_start(self, reader: threading.Thread) -> None:
-        """Stop the reader of a start() that failed, so that start() may be tried again."""
+    def _make_readers(self) -> SingleReader | ShardedReader:
+        read = functools.partial(
+            read_subscribed,
+            health_check_interval=self.health_check_interval,
+            health_check_timeout=self.health_check_timeout,
+        )
+        if not self._sharded:
+            return SingleReader(
+                self._link,
+                subs=self._subs,
+                stopping=self._stopping,
+                read=functools.partial(read, receive=self._receive),
+                confirmed=self._subscriptions_confirmed,
+                wake=lambda: self._publish_wake(self._wake_channel),
+            )
+        assert self._every is not None
+        assert isinstance(self._runner, ClusterRunner)
+        assert isinstance(self.server, ClusterNodes)
+        readers = ShardedReader(
+            subs=self._subs,
+            slots=self._runner.slots,
+            is_shard=self._is_shard,
+            make_link=link_maker(
+                self.server,
+                self._reader_options,
+                name=self.reader_name,
+                metrics=self._metrics,
+                reachability=self._reachability,
+            ),
+            read=read,
+            receive=self._receive,
+            wake=self._publish_wake,
+            wake_name=lambda node: f"{self._wake_channel}:{node}",
+            confirmed=self._subscriptions_confirmed,
+            share_confirmed=self._send_marker,
+            every=self._every,
+        )
+        readers.set_starting(True)
+        return readers
+
+    def _abandon_start(self) -> None:
+        """Stop the readers of a start() that failed, so that start() may be tried again."""
         self._stopping.set()
-        self._link.interrupt()
         # Bounded: a connect attempt, then the read timeout or the reconnect wait sees _stopping.
-        reader.join(self.connection.socket_connect_timeout + self.connection.socket_timeout + 1.0)
-        if reader.is_alive():
+        timeout = self.connection.socket_connect_timeout + self.connection.socket_timeout + 1.0
+        alive = self._readers.stop(time.monotonic() + timeout) if self._readers is not None else []
+        self._readers = None
+        if alive:
             raise BusConnectionError(
                 f"the reader of Redis at {self.address} did not stop; the bus is unusable"
             )
         self._stopping.clear()
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
-        if drain and self._reader is not None and self._reader.is_alive():
+        if drain and self._readers is not None:
             self._read_back.wait(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
-        self._link.interrupt()
-        alive = join_all([self._reader] if self._reader is not None else [], deadline)
-        self._client.close()
+        alive = self._readers.stop(deadline) if self._readers is not None else []
+        self._read_back.stopped()
+        self._runner.close()
         self._link.close()
         self._hold.drop_all()
         return alive
 
     def _wake_reader(self) -> None:
+        if self._readers is not None:
+            self._readers.apply()
+
+    def _publish_wake(self, channel: str) -> None:
         # Best effort: the reader's read timeout bounds the delay anyway.
         with contextlib.suppress(BusConnectionError):
-            self._runner.run([("PUBLISH", self._wake_channel, b"")], "waking the reader", timeout=0.5)
+            self._runner.run([("PUBLISH", channel, b"")], "waking the reader", timeout=0.5)
 
     # -- sending ----------------------------------------------------------
 
@@ -260,26 +336,32 @@ class RedisBus(RedisBase):
             return
         channels = [self.channel_name(direction, m.channel_id) for m in batch]
         payloads = [codec.encode(m, max_size=self.max_message_size) for m in batch]
+        copy = self._every is not None and self._every.wanted(direction)  # for "*" listeners (every.py)
         # Noted before publishing: our own reader may read it back before
         # PUBLISH even returns.
         local = self._registries[direction].channels()
+        every = self.keys.every_copy(direction) if self._sharded and WILDCARD in local else None
         mine = {
-            m.id: (direction, channel)
+            m.id: (direction, every or channel)
             for m, channel in zip(batch, channels, strict=True)
             if m.channel_id in local or WILDCARD in local
         }
         self._read_back.expect(mine)
-        commands = [("PUBLISH", ch, body) for ch, body in zip(channels, payloads, strict=True)]
+        verb = "SPUBLISH" if self._sharded else "PUBLISH"
+        commands = [(verb, ch, body) for ch, body in zip(channels, payloads, strict=True)]
+        if copy:
+            commands += [("PUBLISH", self.keys.every_copy(direction), body) for body in payloads]
         try:
-            counts = self._runner.run(commands, f"publishing {len(commands)} message(s)")
+            counts = self._runner.run(commands, f"publishing {len(batch)} message(s)")[: len(batch)]
         except BusConnectionError:
             self._read_back.forget(mine)
             raise
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
-        if not self.server.counts_receivers:
-            self._read_back.published(mine)
-            return
-        unrouted = [m for m, receivers in zip(batch, counts, strict=True) if not receivers]
+        # A node's count of its own subscribers (global pub/sub on a cluster) cannot tell whether
+        # anybody got a message, nor can a shard's whether a "*" listener got its copy.
+        counted = self.server.counts_receivers and not copy
+        unrouted = [m for m, receivers in zip(batch, counts, strict=True) if not receivers] if counted else []
+        self._read_back.published(mine)
         if unrouted:
             self._read_back.forget(m.id for m in unrouted)
             self._metrics.incr("unrouted", len(unrouted))
@@ -288,21 +370,10 @@ class RedisBus(RedisBase):
 
     # -- reading (the reader thread) ----------------------------------------
 
-    def _read(self, conn: Any) -> None:
-        read_subscribed(
-            conn,
-            subscriptions=self._subs,
-            stopping=self._stopping,
-            receive=self._receive,
-            confirmed=self._subscriptions_confirmed,
-            health_check_interval=self.health_check_interval,
-            health_check_timeout=self.health_check_timeout,
-        )
-
     def _receive(self, channel: str, payload: bytes) -> None:
-        if channel == self._wake_channel:
+        if channel.startswith(self._wake_channel):  # ours, or a sharded reader's (wake_channel:node)
             if payload:
-                self._read_back.marker_arrived(int(payload))
+                self._marker_arrived(channel, int(payload))
             return
         name = self.keys.parse(channel)
         if name is None:
@@ -319,25 +390,28 @@ class RedisBus(RedisBase):
         # of ours is always visible here, and others' messages take no lock.
         self._read_back.arrived(message.id)
 
-    def _disconnected(self) -> None:
-        self._link_subscribed = False
-        self._read_back.lost_with_connection()
-
     def _subscriptions_confirmed(self, subscribed: frozenset[str]) -> None:
-        """Messages awaited on a channel no longer subscribed will not come: count them ``no_handler``.
-
-        Where ``PUBLISH`` does not say who received (a cluster), a message
-        published before this subscription took hold may never come either:
-        a marker published now tells, when it comes back, which did not.
-        """
-        self._link_subscribed = True
+        """Messages awaited on a channel no longer subscribed will not come: count them ``no_handler``;
+        and a marker tells which of those published before this subscription did not come either
+        (read_back.py; a sharded cluster's readers send theirs as each confirms its share)."""
         self._read_back.unsubscribed(lambda _direction, channel: covers(subscribed, channel))
-        if not self.server.counts_receivers:
-            marker = self._read_back.marker()
-            with contextlib.suppress(BusConnectionError):  # then the link breaks, and counts them lost
-                self._runner.run(
-                    [("PUBLISH", self._wake_channel, b"%d" % marker)], "publishing a marker", timeout=0.5
-                )
+        if not self._sharded:
+            self._send_marker(self._wake_channel)
+
+    def _send_marker(self, wake_channel: str) -> None:
+        marker = self._read_back.marker()
+        with contextlib.suppress(BusConnectionError):  # then the next confirmation sends one
+            self._runner.run([("PUBLISH", wake_channel, b"%d" % marker)], "publishing a marker", timeout=0.5)
+
+    def _marker_arrived(self, wake_channel: str, marker: int) -> None:
+        readers = self._readers
+        held = None
+        if isinstance(readers, ShardedReader):
+            held = readers.held_by(wake_channel)
+            if held is None:  # a reader retired since: its channels are judged by their new readers' markers
+                return
+        if self._read_back.marker_arrived(marker, held):
+            self._send_marker(wake_channel)  # a publish was in flight: the next marker judges it
 
     # -- observing --------------------------------------------------------
 
@@ -350,15 +424,22 @@ class RedisBus(RedisBase):
 
     def health(self) -> dict[str, Any]:
         """Liveness of the reader: connected and subscribed, since when, last message age."""
-        since = self._link.connected_since
+        readers = self._readers
+        since = readers.connected_since() if readers is not None else None
         last = self._last_message_at
         connected = since is not None and self.running
+        subscribed = readers is not None and readers.subscribed()
         return super().health() | {
             "connected": connected,
-            "subscribed": connected and self._link_subscribed and self._subs.up_to_date(),
+            "subscribed": connected and subscribed and self._subs.up_to_date(),
             "connected_since": since,
             "last_message_age": None if last is None else max(0.0, time.time() - last),
             "reconnects": self._metrics.snapshot()["reconnects"],
             "address": self.address,
             "master": self.server.in_use(),
+            **(
+                {"primaries": sorted(f"{h}:{p}" for h, p in readers.nodes())}
+                if isinstance(readers, ShardedReader)
+                else {}
+            ),
         }

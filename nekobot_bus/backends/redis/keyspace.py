@@ -65,6 +65,15 @@ class Keyspace:
         """The pub/sub pattern of every channel of *direction*: ``nekobot:bus:inbound:*``."""
         return f"{self.prefix}{direction.value}:{WILDCARD}"
 
+    def every_copy(self, direction: Direction) -> str:
+        """On a cluster with sharded pub/sub, where senders copy each message for ``"*"`` listeners:
+        ``nekobot:bus:inbound:[every]`` (``[`` is in no channel id)."""
+        return f"{self.prefix}{direction.value}:[every]"
+
+    def every_lease(self, direction: Direction) -> str:
+        """The key that tells senders on a sharded cluster that a ``"*"`` listener of *direction* runs."""
+        return f"{self.prefix}every:{direction.value}"
+
     def parse(self, name: str) -> Name | None:
         """What :meth:`messages` built *name* from, or ``None`` when it is not a message name here."""
         for direction in Direction:

@@ -210,13 +210,10 @@ class Address:
         pubsub = self.cluster_pubsub or "sharded"
         if pubsub not in ("sharded", "global"):
             raise ConfigError(f"bus.cluster_pubsub must be one of 'sharded', 'global', not {pubsub!r}")
-        if pubsub == "sharded":
-            raise ConfigError(
-                "bus.cluster_pubsub 'sharded' (the default on a cluster) is not built yet in this release; "
-                "set bus.cluster_pubsub: global (PUBLISH/SUBSCRIBE, every message crosses every node)"
-            )
         return ClusterNodes(
-            [_host_port(node, 6379) for node in self.redis_cluster_nodes], password=self.redis_password
+            [_host_port(node, 6379) for node in self.redis_cluster_nodes],
+            password=self.redis_password,
+            pubsub=pubsub,
         )
 
     def url(self) -> str:

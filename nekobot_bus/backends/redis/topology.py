@@ -28,7 +28,10 @@ import redis
 from redis.connection import Connection
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
-from .client import make_client, redact
+from ...errors import ConfigError
+from ...metrics import Metrics
+from .client import CommandRunner, Reachability, make_client, redact
+from .cluster import ClusterRunner, Node, SlotMap
 
 __all__ = ["ClusterNodes", "SentinelMaster", "Server", "Standalone"]
 
@@ -49,6 +52,12 @@ class Server(abc.ABC):
     @abc.abstractmethod
     def pool(self, **options: Any) -> redis.ConnectionPool:
         """A pool for a reader's connection."""
+
+    def runner(
+        self, metrics: Metrics, timeout: float | None, reachability: Reachability, **options: Any
+    ) -> CommandRunner:
+        """The command runner of a bus's senders, on a client of its own."""
+        return CommandRunner(self.client(**options), self.address, metrics, timeout, reachability)
 
     def in_use(self) -> str | None:
         """The ``host:port`` of the server last connected to, where that can differ from :attr:`address`."""
@@ -237,16 +246,23 @@ class _AnyNodeConnection(Connection):
 class ClusterNodes(Server):
     """A Redis Cluster, known by some of its *nodes*; *password* applies to every node.
 
-    Only global pub/sub is built on it: ``PUBLISH`` and ``SUBSCRIBE`` on any
-    node reach every subscriber in the cluster, at the price of every message
-    crossing every node.
+    :param pubsub: ``"sharded"``: the fan-out uses ``SPUBLISH`` and
+        ``SSUBSCRIBE``, and a message stays within the shard that serves its
+        channel; ``"global"``: ``PUBLISH`` and ``SUBSCRIBE`` on any node reach
+        every subscriber in the cluster, at the price of every message
+        crossing every node.
     """
 
-    counts_receivers = False
-
-    def __init__(self, nodes: Sequence[tuple[str, int]], *, password: str | None = None) -> None:
+    def __init__(
+        self, nodes: Sequence[tuple[str, int]], *, password: str | None = None, pubsub: str = "sharded"
+    ) -> None:
+        if pubsub not in ("sharded", "global"):
+            raise ConfigError(f"bus.cluster_pubsub must be one of 'sharded', 'global', not {pubsub!r}")
         self._ring = _NodeRing(nodes)
         self._password = password
+        self.pubsub = pubsub
+        #: ``SPUBLISH`` counts every subscriber of the shard; ``PUBLISH`` only those of one node.
+        self.counts_receivers = pubsub == "sharded"
         self.address = "redis-cluster://" + ",".join(f"{host}:{port}" for host, port in self._ring.nodes)
 
     def pool(self, **options: Any) -> redis.ConnectionPool:
@@ -256,6 +272,37 @@ class ClusterNodes(Server):
 
     def client(self, **options: Any) -> redis.Redis:
         return redis.Redis(connection_pool=self.pool(**options))
+
+    def node_pool(self, node: Node, **options: Any) -> redis.ConnectionPool:
+        """A pool of connections to *node* alone."""
+        return redis.ConnectionPool(host=node[0], port=node[1], password=self._password, **options)
+
+    def node_client(self, node: Node, **options: Any) -> redis.Redis:
+        """A client of *node* alone."""
+        return redis.Redis(host=node[0], port=node[1], password=self._password, **options)
+
+    def runner(
+        self, metrics: Metrics, timeout: float | None, reachability: Reachability, **options: Any
+    ) -> ClusterRunner:
+        """Keyless commands go to the node in use; keyed ones to the primary of their slot."""
+
+        def ask(node: Node) -> Any:
+            with self.node_client(node, **options) as client:
+                return client.execute_command("CLUSTER", "SLOTS")
+
+        def runner_for(node: Node) -> CommandRunner:
+            address = f"{node[0]}:{node[1]}"
+            return CommandRunner(self.node_client(node, **options), address, metrics, None, Reachability())
+
+        return ClusterRunner(
+            self.client(**options),
+            self.address,
+            metrics,
+            timeout,
+            reachability,
+            slots=SlotMap(self._ring.nodes, ask),
+            runner_for=runner_for,
+        )
 
     def in_use(self) -> str | None:
         """The ``host:port`` of the node the last connection was made to."""

@@ -305,7 +305,7 @@ class RedisStreamBus(RedisBase):
         if not reader_alive:  # else the reader may still use them, and its workers their shards
             for leases in self._streams.leases.values():
                 leases.release_all()
-        self._client.close()
+        self._runner.close()
         self._link.close()
         return alive
 
