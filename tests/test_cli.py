@@ -18,6 +18,7 @@ from nekobot_bus import Message, codec
 from nekobot_bus.cli._terminal import json_line
 
 from .nats_server import NatsServer
+from .redis_cluster import ClusterSet
 from .redis_server import RedisServer
 
 TIMEOUT = 60
@@ -494,6 +495,43 @@ def test_bench_measures_nats_beside_bare_nats_py(shared_nats: NatsServer) -> Non
     assert lines["NatsBus fan-out"]["p50_us"] > 0
     assert lines["NatsBus fan-out"]["rate_per_s"] > 0
     assert [t["target"] for t in report["targets"]] == ["NATS fan-out p50 / bare nats-py pub/sub p50"]
+
+
+def test_bench_measures_a_cluster_beside_one_redis(
+    shared_cluster: ClusterSet, redis_server: RedisServer
+) -> None:
+    done = run(
+        "bench", "--backend", "redis-cluster", "--redis-url", redis_server.url,
+        "--redis-cluster-nodes", ",".join(shared_cluster.addresses()), "--count", "200", "--rounds", "1",
+        "--json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    lines = {r["name"]: r for r in report["results"]}
+    for name in (
+        "RedisBus on one Redis (beside the cluster)",
+        "RedisBus on a Redis Cluster, sharded pub/sub",
+    ):
+        assert lines[name]["p50_us"] > 0
+        assert lines[name]["rate_per_s"] > 0
+    assert [t["target"] for t in report["targets"]] == [
+        "Redis Cluster fan-out p50 / one Redis fan-out p50",
+        "Redis Cluster send_many rate / one Redis send_many rate",
+    ]
+
+
+def test_bench_says_which_cluster_does_not_answer(redis_server: RedisServer) -> None:
+    done = run(
+        "bench",
+        "--backend",
+        "redis-cluster",
+        "--redis-url",
+        redis_server.url,
+        "--redis-cluster-nodes",
+        "127.0.0.1:1",
+    )
+    assert done.returncode == 3
+    assert "the Redis Cluster lines are left out" in done.stderr
 
 
 def test_demo_into_a_closed_pipe_ends_quietly() -> None:

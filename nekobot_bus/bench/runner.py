@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._urls import redact
 from ..cli._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..errors import BusConnectionError, NekobotBusError
+
+if TYPE_CHECKING:
+    from ..backends.redis.topology import Server
 from ._options import BenchOptions, options_from
 from ._progress import Progress
 from ._stats import Result
@@ -56,14 +59,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: The backends each server carries, and how the report names it.
-_NEEDS = {"redis": frozenset({"redis", "redis-queue"}), "nats": frozenset({"nats"})}
-_NAMES = {"redis": "Redis", "nats": "NATS"}
+_NEEDS = {
+    "redis": frozenset({"redis", "redis-queue", "redis-cluster"}),
+    "redis-cluster": frozenset({"redis-cluster"}),
+    "nats": frozenset({"nats"}),
+}
+_NAMES = {"redis": "Redis", "redis-cluster": "Redis Cluster", "nats": "NATS"}
 
 
 def _servers(args: argparse.Namespace, options: BenchOptions) -> frozenset[str] | int:
     """The servers (``redis``, ``nats``) whose lines can run; an exit status when nothing asked for can."""
     checks = {
         "redis": lambda: _redis_problem(options.redis_url),
+        "redis-cluster": lambda: _cluster_problem(options.redis_cluster_nodes),
         "nats": lambda: _nats_problem(options.nats_url),
     }
     available: set[str] = set()
@@ -76,10 +84,7 @@ def _servers(args: argparse.Namespace, options: BenchOptions) -> frozenset[str] 
         if problem is None:
             available.add(server)
             continue
-        print(
-            f"error: {problem[0]}; the {server.upper()} lines are left out.".replace("REDIS", "Redis"),
-            file=sys.stderr,
-        )
+        print(f"error: {problem[0]}; the {_NAMES[server]} lines are left out.", file=sys.stderr)
         left_out |= backends
         status = problem[1]
     asked_only_servers = bool(args.backend) and "all" not in args.backend
@@ -105,6 +110,10 @@ def _measure(
             lanes.append((steps_redis(options), run_redis))
         if "redis-queue" in options.backends:
             lanes.append((steps_redis_queue(options), run_redis_queue))
+    if {"redis", "redis-cluster"} <= servers and "redis-cluster" in options.backends:
+        from .redis_cluster import run_redis_cluster, steps_redis_cluster  # noqa: PLC0415
+
+        lanes.append((steps_redis_cluster(options), run_redis_cluster))
     if "nats" in servers:
         from .nats_fanout import run_nats, steps_nats  # noqa: PLC0415 - the nats extra
 
@@ -126,7 +135,20 @@ def _measure(
     return results, ratios, scaling
 
 
-def _redis_problem(url: str) -> tuple[str, int] | None:
+def _cluster_problem(nodes: str) -> tuple[str, int] | None:
+    """Why the Redis Cluster lines cannot run; ``None`` when they can."""
+    try:
+        from .redis_cluster import cluster_server  # noqa: PLC0415 - needs the redis extra
+    except ImportError:
+        return "the Redis Cluster lines need the redis extra: pip install 'nekobot_bus[redis]'", EXIT_USAGE
+    try:
+        server = cluster_server(nodes)
+    except ValueError:
+        return f"--redis-cluster-nodes must be host:port,host:port,..., not {nodes!r}", EXIT_USAGE
+    return _redis_problem(server)
+
+
+def _redis_problem(url: str | Server) -> tuple[str, int] | None:
     """Why the Redis lines cannot run, and the exit status that says so; ``None`` when they can."""
     try:
         from ..backends.redis.client import check_reachable  # noqa: PLC0415 - needs the redis extra
