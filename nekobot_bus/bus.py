@@ -188,7 +188,7 @@ class Bus(abc.ABC):
         :raises BusFullError: no room within ``send_timeout``.
         :raises BusClosedError: the bus was stopped.
         """
-        self._send(Direction.INBOUND, as_message(message))
+        self._send(Direction.INBOUND, message if type(message) is Message else as_message(message))
 
     def send_outbound(self, message: Message) -> None:
         """Send *message* from the agent towards its channel.
@@ -196,7 +196,7 @@ class Bus(abc.ABC):
         :raises BusFullError: no room within ``send_timeout``.
         :raises BusClosedError: the bus was stopped.
         """
-        self._send(Direction.OUTBOUND, as_message(message))
+        self._send(Direction.OUTBOUND, message if type(message) is Message else as_message(message))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Send *messages* in *direction*, in order; a remote bus sends them in one round trip.

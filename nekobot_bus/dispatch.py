@@ -134,6 +134,7 @@ class Dispatcher(Generic[T]):
         self._start_lock = threading.RLock()
         # Set by stop(): no handler runs any more; what is left is counted dropped.
         self._discarding = threading.Event()
+        self._discarded = False  # the same, for the inline path to read without a call
         self._started = False
 
     # -- taking messages ----------------------------------------------------
@@ -145,10 +146,47 @@ class Dispatcher(Generic[T]):
         :raises BusFullError: the queue stayed full for *timeout* seconds.
         :raises BusClosedError: the dispatcher was stopped.
         """
-        if self._inline:
-            self._submit_inline(message)
+        if not self._inline:
+            self._put(self._queue_for(message), Item(message, _NO_TICKET), timeout)
             return
-        self._put(self._queue_for(message), Item(message, _NO_TICKET), timeout)
+        # Inline: the plain path, spelled out in one call (it is the latency claim).
+        if not self._live and self._held_before_start(message):
+            return
+        if self._discarded:  # a plain attribute: Event.is_set() is a Python call
+            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
+        # Counted in flight, then checked again: stop() discards before it
+        # waits for nothing to be in flight, so a send either finishes before
+        # stop() returns or sees it and runs no handler (a send that raced
+        # stop() so is counted dropped as it raises).
+        metrics = self._metrics
+        metrics.accepted(self._accepted_key)
+        if self._discarded:  # stop() may have set it meanwhile, which mypy cannot know
+            metrics.finished(self._dropped_key)  # type: ignore[unreachable]
+            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
+        handlers = self._registry.lookup(message.channel_id)
+        if handlers:
+            for handler in handlers:
+                try:
+                    handler(message)
+                except Exception as exc:
+                    self._failed(message, handler, exc)
+            metrics.finished(self._handled_key)
+        else:
+            metrics.finished(self._no_handler_key)
+
+    def _discard(self) -> None:
+        self._discarded = True
+        self._discarding.set()
+
+    def _held_before_start(self, message: Message) -> bool:
+        """Inline, before start(): keep *message* for start() to handle; ``False`` once started."""
+        with self._start_lock:
+            if self._live:
+                return False
+            # Nothing drains this queue before start(), so waiting would only
+            # stall the caller: a full backlog fails at once.
+            self._put(self._queues[0], Item(message, _NO_TICKET), timeout=0)
+            return True
 
     def _queue_for(self, message: Message) -> WorkQueue[T]:
         # The session's worker, always the same one: that keeps its order.
@@ -228,40 +266,6 @@ class Dispatcher(Generic[T]):
             ) from None
         except QueueClosed:
             raise BusClosedError(f"the bus is stopped; message {item.message.id!r} was not sent") from None
-
-    def _submit_inline(self, message: Message) -> None:
-        if not self._live:
-            with self._start_lock:
-                if not self._live:
-                    # Nothing drains this queue before start(), so waiting would only
-                    # stall the caller: a full backlog fails at once.
-                    self._put(self._queues[0], Item(message, _NO_TICKET), timeout=0)
-                    return
-        discarding = self._discarding.is_set
-        if discarding():
-            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
-        # Counted in flight, then checked again: stop() sets _discarding before it
-        # waits for nothing to be in flight, so a send either finishes before
-        # stop() returns or sees _discarding and runs no handler (a send that
-        # raced stop() so is counted dropped as it raises).
-        metrics = self._metrics
-        metrics.accepted(self._accepted_key)
-        if discarding():
-            metrics.finished(self._dropped_key)
-            raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
-        # Inline dispatch has no settler: the plain path, spelled out (it is the latency claim).
-        handlers = self._registry.lookup(message.channel_id)
-        if handlers:
-            for handler in handlers:
-                try:
-                    handler(message)
-                except Exception as exc:
-                    self._failed(message, handler, exc)
-            metrics.finished(self._handled_key)
-        else:
-            metrics.finished(self._no_handler_key)
-
-    # -- handling -----------------------------------------------------------
 
     def _deliver(self, item: Item[T], aside: Aside[T] | None, runs: int = 1) -> None:
         """Run the handlers of *item* and settle it; park it in *aside* when told to retry."""
@@ -475,11 +479,11 @@ class Dispatcher(Generic[T]):
             was still running at the deadline (it is not our thread).
         """
         if not drain:
-            self._discarding.set()
+            self._discard()
         for q in self._queues:
             q.seal()
         if self._inline or not self._started:
-            self._discarding.set()
+            self._discard()
             with self._start_lock:
                 self._live = True  # later inline sends see _discarding and raise
             for q in self._queues:
@@ -496,7 +500,7 @@ class Dispatcher(Generic[T]):
             return []
         alive = join_all(self._threads, deadline)
         if alive:
-            self._discarding.set()
+            self._discard()
             logger.warning(
                 "%s did not finish by the stop deadline; what they still hold is counted as dropped",
                 ", ".join(t.name for t in alive),
