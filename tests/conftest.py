@@ -163,7 +163,7 @@ def sentinel_config(sentinels: SentinelSet, **bus: Any) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
     """One Redis Cluster for the tests that do not harm it (each uses its own key prefix)."""
-    cluster = ClusterSet(tmp_path_factory.mktemp("cluster"))
+    cluster = ClusterSet(tmp_path_factory.mktemp("cluster"), node_timeout_ms=5000)
     cluster.start()
     try:
         yield cluster

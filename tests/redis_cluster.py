@@ -1,8 +1,10 @@
 """A Redis Cluster of three primaries and three replicas, all our own, joined by ``redis-cli``.
 
 Each node is a ``redis-server --cluster-enabled yes`` on a free loopback port
-whose cluster bus port (port + 10000) is free too. The node timeout is 1 s,
-so a killed primary is replaced by its replica within about three seconds.
+whose cluster bus port (port + 10000) is free too. The node timeout is 1 s
+for a test's own cluster, so a killed primary is replaced by its replica
+within about three seconds; the session's shared one, which no test harms,
+waits 5 s, so that a loaded machine's stall does not fail it over.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _free_cluster_port() -> int:
 class ClusterSet:
     """Six cluster nodes in *directory*: after :meth:`start`, three primaries, each with a replica."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         self._directory = directory
         self.nodes: list[RedisServer] = []
         for n in range(6):
@@ -52,7 +54,7 @@ class ClusterSet:
             args = (
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(node_dir / "nodes.conf"),
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                "--cluster-node-timeout", str(node_timeout_ms),
                 *FAST_SYNC,
             )  # fmt: skip
             self.nodes.append(RedisServer(node_dir, *args, port=_free_cluster_port()))

@@ -27,6 +27,7 @@ Thread-safe: senders add, reader threads remove, anyone waits.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import threading
@@ -35,9 +36,17 @@ from collections.abc import Callable, Iterable, Mapping
 from ..dispatch import Direction
 from ..metrics import Metrics
 
-__all__ = ["ReadBack"]
+__all__ = ["NextMarker", "ReadBack"]
 
 logger = logging.getLogger("nekobot_bus")
+
+
+class NextMarker(enum.Enum):
+    """When a reader should send its next marker."""
+
+    NONE = "none"
+    NOW = "now"
+    AFTER_PUBLISH = "after the publish in flight returns"
 
 
 class _Awaited:
@@ -58,6 +67,7 @@ class ReadBack:
         self._awaited: dict[str, _Awaited] = {}
         self._cond = threading.Condition()
         self._sequence = itertools.count()
+        self._closed = False  # stopped(): nothing will be read back any more
 
     def expect(self, messages: Mapping[str, tuple[Direction, str]]) -> None:
         """Await these (id to direction and channel): called before they are published."""
@@ -67,13 +77,16 @@ class ReadBack:
                 self._awaited.update({i: _Awaited(d, c, now) for i, (d, c) in messages.items()})
 
     def published(self, ids: Iterable[str]) -> None:
-        """Their publish returned: a marker taken from now on judges them."""
+        """Their publish returned: a marker taken from now on judges them (after stopped(): lost)."""
         with self._cond:
             now = next(self._sequence)
             for message_id in ids:
                 entry = self._awaited.get(message_id)
                 if entry is not None:
                     entry.published = now
+            closed = self._closed
+        if closed:
+            self._count_lost(lambda entry: entry.published is not None)
 
     def arrived(self, message_id: str) -> None:
         """The reader read *message_id*; most are not ours, and take no lock."""
@@ -104,12 +117,15 @@ class ReadBack:
         with self._cond:
             return next(self._sequence)
 
-    def marker_arrived(self, marker: int, held: Callable[[str], bool] | None = None) -> bool:
+    def marker_arrived(self, marker: int, held: Callable[[str], bool] | None = None) -> NextMarker:
         """The marker came back: count ``lost`` the messages published before it that did not.
 
         :param held: the channels of the reader that read the marker; ``None``: all.
-        :returns: whether a message of those channels was in flight when the
-            marker was taken, and is still awaited: another marker will judge it.
+        :returns: when to send the next marker, for a message of those channels
+            that was in flight when this one was taken and is still awaited:
+            at once if its publish has returned since, else once it returns
+            (never at once for a publish still in flight: markers would chase
+            each other for as long as it takes).
         """
 
         def mine(entry: _Awaited) -> bool:
@@ -117,11 +133,17 @@ class ReadBack:
 
         self._count_lost(lambda e: mine(e) and e.published is not None and e.published < marker)
         with self._cond:
-            return any(mine(e) and e.expected < marker for e in self._awaited.values())
+            undecided = [e for e in self._awaited.values() if mine(e) and e.expected < marker]
+        if any(e.published is not None for e in undecided):
+            return NextMarker.NOW
+        return NextMarker.AFTER_PUBLISH if undecided else NextMarker.NONE
 
     def stopped(self) -> None:
-        """The bus stopped: what did not come is counted ``lost``."""
-        self._count_lost(lambda entry: True)
+        """The bus stopped: what did not come is counted ``lost``; a publish still in flight is
+        counted when it returns (unless its sender forgets it: it raised, or nobody listened)."""
+        with self._cond:
+            self._closed = True
+        self._count_lost(lambda entry: entry.published is not None)
 
     def lost_with_connection(self) -> None:
         """The connection broke: count every awaited message ``lost`` (for a transport without markers,

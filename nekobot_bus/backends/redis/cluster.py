@@ -31,6 +31,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
+from ...errors import BusConnectionError
 from ...metrics import Metrics
 from .client import CommandRunner, Reachability, RedisUnreachable, Script
 from .compat import error_code
@@ -77,6 +78,8 @@ class SlotMap:
         self._starts: list[int] = []
         self._ranges: list[tuple[int, int, Node]] = []
         self._refreshed_at = 0.0
+        self._asked_at = float("-inf")
+        self._asking = threading.Lock()
 
     def primary_of(self, key: str | bytes) -> Node | None:
         """The primary serving *key*'s slot; ``None`` while the map has no answer for it."""
@@ -95,18 +98,33 @@ class SlotMap:
         with self._lock:
             return {node for _, _, node in self._ranges}
 
-    def refresh(self, since: float | None = None) -> None:
-        """Ask the cluster again, unless an answer newer than *since* (``time.monotonic()``) is here.
+    #: Asking again sooner than this after the last attempt waits for that answer instead.
+    MIN_INTERVAL = 0.05
+
+    def refresh(self, since: float | None = None, *, deadline: float | None = None) -> None:
+        """Ask the cluster again, unless an answer newer than *since* (``time.monotonic()``) is here,
+        or another thread asked a moment ago; ask no node after *deadline*.
 
         :raises RedisUnreachable: no node answered.
         """
-        with self._lock:
-            if since is not None and self._refreshed_at > since:
-                return  # another thread asked since this one saw the map fail
-            candidates = [*dict.fromkeys([*(n for _, _, n in self._ranges), *self._seeds])]
-        random.shuffle(candidates)
+        with self._asking:  # one thread asks at a time; the others take its answer
+            with self._lock:
+                now = time.monotonic()
+                if since is not None and self._refreshed_at > since:
+                    return  # another thread asked since this one saw the map fail
+                if now - self._asked_at < self.MIN_INTERVAL:
+                    return
+                self._asked_at = now
+                candidates = [*dict.fromkeys([*(n for _, _, n in self._ranges), *self._seeds])]
+            random.shuffle(candidates)
+            self._ask_each(candidates, deadline)
+
+    def _ask_each(self, candidates: list[Node], deadline: float | None) -> None:
         errors = []
         for node in candidates:
+            if deadline is not None and time.monotonic() > deadline:
+                errors.append("the deadline passed")
+                break
             try:
                 reply = self._ask(node)
             except (redis.RedisError, OSError) as exc:
@@ -197,24 +215,33 @@ class ClusterRunner(CommandRunner):
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         replies: list[Any] = [None] * len(commands)
-        keyless = [i for i in range(len(commands)) if i not in set(keyed)]
-        if keyless:
-            got = super().run([commands[i] for i in keyless], what, timeout=timeout, allow=allow)
-            for i, reply in zip(keyless, got, strict=True):
-                replies[i] = reply
         pending: dict[int, Node | None] = dict.fromkeys(keyed)  # index -> an ASK target, if any
         delay = 0.02
-        while True:
+        while True:  # the keyed commands first: a send's copies follow its messages
             self._send_pending(commands, replies, pending, what=what, deadline=deadline, allow=allow)
             if not pending:
-                return replies
+                break
             if time.monotonic() + delay > deadline:
-                raise RedisUnreachable(
-                    f"Redis Cluster at {self.address} did not take {len(pending)} command(s) while {what} "
-                    f"within {limit} s (its slots were moving or had no primary); nothing of those was sent"
-                )
+                done = len(keyed) - len(pending)
+                why = f"did not take {len(pending)} command(s) while {what} within {limit} s (its slots were "
+                why += "moving or had no primary)"
+                if done:  # those are written: the caller must not take the whole for unsent
+                    raise BusConnectionError(
+                        f"Redis Cluster at {self.address} {why}; {done} other(s) of the same round did run"
+                    )
+                raise RedisUnreachable(f"Redis Cluster at {self.address} {why}; nothing was sent")
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 0.5)
+        keyed_set = set(keyed)
+        keyless = [i for i in range(len(commands)) if i not in keyed_set]
+        if keyless:
+            try:
+                got = super().run([commands[i] for i in keyless], what, timeout=timeout, allow=allow)
+            except RedisUnreachable as exc:  # the keyed ones ran: this is no "nothing was sent"
+                raise BusConnectionError(f"{exc}; the other commands of the same round did run") from None
+            for i, reply in zip(keyless, got, strict=True):
+                replies[i] = reply
+        return replies
 
     def _send_pending(
         self,
@@ -226,46 +253,66 @@ class ClusterRunner(CommandRunner):
         deadline: float,
         allow: Collection[str],
     ) -> None:
-        """One attempt at each pending command, grouped by node; what ran leaves *pending*."""
+        """One attempt at each pending command, grouped by node; what ran leaves *pending*.
+
+        The map is asked for again at most once a pass, after it: one stale map
+        says so for every command.
+        """
+        started = time.monotonic()
         by_node: dict[Node, list[int]] = {}
+        stale = False
         for i, ask_target in pending.items():
             node = ask_target or self.slots.primary_of(key_of(commands[i]))
             if node is None:
-                self._refresh()
-                continue
-            by_node.setdefault(node, []).append(i)
+                stale = True
+            else:
+                by_node.setdefault(node, []).append(i)
         for node, indexes in by_node.items():
             asking = {i for i in indexes if pending[i] is not None}
             batch: list[tuple[Any, ...]] = []
             for i in indexes:
-                if i in asking:
-                    batch.append(("ASKING",))
-                batch.append(commands[i])
-            seen_at = time.monotonic()
-            budget = max(0.0, min(self.NODE_CONNECT_TIMEOUT, deadline - seen_at))
+                batch += [("ASKING",), commands[i]] if i in asking else [commands[i]]
+            budget = max(0.0, min(self.NODE_CONNECT_TIMEOUT, deadline - time.monotonic()))
             try:
                 got = self.node(node).run(batch, what, timeout=budget, allow={*allow, *REDIRECTS})
-            except RedisUnreachable:  # nothing was sent: a failover, perhaps; ask for the map again
-                self._refresh(seen_at)
+            except RedisUnreachable:  # nothing was sent: a failover, perhaps
+                stale = True
                 continue
-            got_iter = iter(got)
+            answers = iter(got)
             for i in indexes:
                 if i in asking:
-                    next(got_iter)  # ASKING's OK
-                reply = next(got_iter)
-                code = error_code(reply)
-                if code == "ASK":
-                    pending[i] = reply.node_addr
-                elif code in REDIRECTS:
-                    pending[i] = None
-                    if code == "MOVED":
-                        self._refresh(seen_at)
-                else:
-                    replies[i] = reply
-                    del pending[i]
+                    next(answers)  # ASKING's OK
+                stale |= self._settle(i, next(answers), replies, pending)
+        if stale:
+            self._refresh(started, deadline=deadline)
 
-    def _refresh(self, since: float | None = None) -> None:
+    @staticmethod
+    def _settle(i: int, reply: Any, replies: list[Any], pending: dict[int, Node | None]) -> bool:
+        """Note command *i*'s *reply*: its result, or where to send it again; whether the map is stale."""
+        code = error_code(reply)
+        if code == "ASK":
+            pending[i] = redirect_target(reply)
+            return False
+        if code in REDIRECTS:
+            pending[i] = None
+            return code == "MOVED"
+        replies[i] = reply
+        del pending[i]
+        return False
+
+    def _refresh(self, since: float | None = None, *, deadline: float | None = None) -> None:
         try:
-            self.slots.refresh(since)
+            self.slots.refresh(since, deadline=deadline)
         except RedisUnreachable:
             self.reachability.failed()
+
+
+def redirect_target(reply: Exception) -> Node:
+    """The node an ``ASK`` (or ``MOVED``) reply names: ``ASK 3999 127.0.0.1:7001``.
+
+    Read from the text: redis-py 5.0's parser makes a plain ``ResponseError``
+    of it, without the ``node_addr`` later releases add.
+    """
+    address = str(reply).split()[-1]
+    host, _, port = address.rpartition(":")
+    return host, int(port)

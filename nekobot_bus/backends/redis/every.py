@@ -16,6 +16,10 @@ passed, every sender copies: registering ``"*"`` (and starting a bus with
 one) waits that long before it returns, which is the guarantee a
 registration gives everywhere: a message sent after it returns is received.
 
+While the lease's shard fails over, senders cannot read it and copy (so a
+listener misses nothing), and a listener cannot renew it: it lives
+:data:`LEASE_SECONDS`, longer than a failover takes.
+
 The cost, while a ``"*"`` listener runs: every message is published twice,
 and its copy crosses every node, as global pub/sub does; and each sending
 process reads the lease key twice a second. Without one, nothing is copied.
@@ -30,6 +34,7 @@ import time
 from collections.abc import Iterable
 
 from ...dispatch import Direction
+from ...errors import BusConnectionError
 from .client import CommandRunner
 from .keyspace import Keyspace
 
@@ -38,7 +43,8 @@ __all__ = ["CHECK_SECONDS", "LEASE_SECONDS", "RENEW_SECONDS", "EveryCopies"]
 #: How stale a sender's knowledge of the listeners may be.
 CHECK_SECONDS = 0.5
 #: How long a listener's lease lives without renewal: after it stops, senders copy for this long.
-LEASE_SECONDS = 3.0
+#: Longer than a failover of the lease's shard, during which it cannot be renewed.
+LEASE_SECONDS = 10.0
 #: How often a running listener renews its lease.
 RENEW_SECONDS = 1.0
 
@@ -52,6 +58,7 @@ class EveryCopies:
         self._lock = threading.Lock()
         self._checked: dict[Direction, tuple[float, bool]] = {}
         self._listening: frozenset[Direction] = frozenset()
+        self._set_at: dict[Direction, float] = {}  # when this bus first set each lease
 
     # -- sending ----------------------------------------------------------------
 
@@ -62,25 +69,39 @@ class EveryCopies:
         now = time.monotonic()
         if now - checked_at <= CHECK_SECONDS:
             return present
-        [reply] = self._runner.run([("GET", self._keys.every_lease(direction))], "reading the '*' lease")
+        try:
+            [reply] = self._runner.run(
+                [("GET", self._keys.every_lease(direction))], "reading the '*' lease", timeout=CHECK_SECONDS
+            )
+            present = reply is not None
+        except BusConnectionError:  # its shard is failing over: copy, so that no listener misses a message
+            present = True
         with self._lock:
-            self._checked[direction] = (now, reply is not None)  # as of before the read
-        return reply is not None
+            self._checked[direction] = (now, present)  # as of before the read
+        return present
 
     # -- listening ----------------------------------------------------------------
 
-    def listen(self, directions: Iterable[Direction], *, running: bool) -> bool:
+    def listen(self, directions: Iterable[Direction], *, running: bool) -> float:
         """Hold leases for *directions* from now on; set the new ones at once when *running*.
 
-        :returns: whether a lease was added (the caller then waits :data:`CHECK_SECONDS`).
+        :returns: how long to wait before every sender copies for all of
+            *directions*: :data:`CHECK_SECONDS` after a lease was set, less
+            what has passed since (0 when not *running*: start() waits).
         """
         wanted = frozenset(directions)
         with self._lock:
             added = wanted - self._listening
             self._listening = wanted
-        if added and running:
+        if not running:
+            return 0.0
+        if added:
             self._set(added)
-        return bool(added)
+            with self._lock:
+                self._set_at.update(dict.fromkeys(added, time.monotonic()))
+        with self._lock:
+            newest = max((self._set_at.get(d, float("-inf")) for d in wanted), default=float("-inf"))
+        return max(0.0, newest + CHECK_SECONDS + 0.05 - time.monotonic())
 
     def renew(self) -> None:
         """Set this bus's leases again; called every :data:`RENEW_SECONDS` while it runs."""

@@ -48,8 +48,9 @@ On a Redis Cluster
 
 With sharded pub/sub (the default) a send is ``SPUBLISH`` to the primary
 that serves the channel's slot (:mod:`.cluster` follows ``MOVED``, ``ASK``
-and failovers), whose reply counts every subscriber of the shard, so
-``unrouted`` holds. The reader is a :class:`~.sharded.ShardedReader`: a
+and failovers), whose reply counts the subscribers of that primary, where
+every bus subscribes, so ``unrouted`` holds (but for the seconds of a
+failover: README). The reader is a :class:`~.sharded.ShardedReader`: a
 thread per primary that serves a subscribed channel, which follows
 migrations and failovers by itself, and ``"*"`` reads the copies senders
 make while a ``"*"`` listener runs (:mod:`.every`). With global pub/sub
@@ -81,7 +82,7 @@ from ...errors import (
     UnroutedMessageError,
 )
 from ...message import WILDCARD, Message
-from ..read_back import ReadBack
+from ..read_back import NextMarker, ReadBack
 from ..start_hold import StartHold
 from .base import RedisBase
 from .cluster import ClusterRunner
@@ -145,6 +146,7 @@ class RedisBus(RedisBase):
         self._every = EveryCopies(self._runner, self.keys) if self._sharded else None
         self._subs = Subscriptions(frozenset({self._wake_channel}))
         self._read_back = ReadBack(self._metrics)
+        self._markers_due: set[str] = set()  # wake channels whose next marker waits for a publish
         self._hold = StartHold(self.queue_size * self.workers, self._metrics)
         self._last_message_at: float | None = None
 
@@ -190,20 +192,19 @@ class RedisBus(RedisBase):
             wanted |= self._wanted_for(d, held)
             if WILDCARD in held:
                 everywhere.append(d)
-        generation = self._subs.want(wanted)
-        added = self._every is not None and self._every.listen(everywhere, running=self.running)
-        if self.running and not (
-            self._readers is not None and self._readers.owns(threading.current_thread())
-        ):
-            self._wake_reader()
+        self._subs.want(wanted)
+        settle = self._every.listen(everywhere, running=self.running) if self._every is not None else 0.0
+        readers = self._readers
+        if self.running and readers is not None and not readers.owns(threading.current_thread()):
             timeout = self.send_timeout if self.send_timeout is not None else 30.0
-            if not self._subs.wait(generation, timeout):
-                raise BusConnectionError(
-                    f"Redis at {self.address} did not confirm the subscription change within {timeout} s; "
-                    "the reader applies it once it is connected again"
-                )
-            if added:  # until every sender has seen the lease (every.py)
-                time.sleep(CHECK_SECONDS + 0.05)
+            deadline = time.monotonic() + timeout
+            for subs, generation in readers.apply():  # the readers this change concerns
+                if not subs.wait(generation, max(0.0, deadline - time.monotonic())):
+                    raise BusConnectionError(
+                        f"Redis at {self.address} did not confirm the subscription change within "
+                        f"{timeout} s; the reader applies it once it is connected again"
+                    )
+            time.sleep(settle)  # until every sender has seen a new '*' lease (every.py)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -303,10 +304,6 @@ class RedisBus(RedisBase):
         self._hold.drop_all()
         return alive
 
-    def _wake_reader(self) -> None:
-        if self._readers is not None:
-            self._readers.apply()
-
     def _publish_wake(self, channel: str) -> None:
         # Best effort: the reader's read timeout bounds the delay anyway.
         with contextlib.suppress(BusConnectionError):
@@ -353,7 +350,7 @@ class RedisBus(RedisBase):
             commands += [("PUBLISH", self.keys.every_copy(direction), body) for body in payloads]
         try:
             counts = self._runner.run(commands, f"publishing {len(batch)} message(s)")[: len(batch)]
-        except BusConnectionError:
+        except BaseException:
             self._read_back.forget(mine)
             raise
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
@@ -361,12 +358,15 @@ class RedisBus(RedisBase):
         # anybody got a message, nor can a shard's whether a "*" listener got its copy.
         counted = self.server.counts_receivers and not copy
         unrouted = [m for m, receivers in zip(batch, counts, strict=True) if not receivers] if counted else []
-        self._read_back.published(mine)
         if unrouted:
             self._read_back.forget(m.id for m in unrouted)
             self._metrics.incr("unrouted", len(unrouted))
-            if self.raise_on_unrouted and raising:
-                raise UnroutedMessageError(f"{len(unrouted)} of {len(batch)} messages reached no subscriber")
+        self._read_back.published(mine)
+        while self._markers_due:  # a marker found these in flight (read_back.py)
+            with contextlib.suppress(KeyError):  # another sender took it
+                self._send_marker(self._markers_due.pop())
+        if unrouted and self.raise_on_unrouted and raising:
+            raise UnroutedMessageError(f"{len(unrouted)} of {len(batch)} messages reached no subscriber")
 
     # -- reading (the reader thread) ----------------------------------------
 
@@ -410,8 +410,11 @@ class RedisBus(RedisBase):
             held = readers.held_by(wake_channel)
             if held is None:  # a reader retired since: its channels are judged by their new readers' markers
                 return
-        if self._read_back.marker_arrived(marker, held):
-            self._send_marker(wake_channel)  # a publish was in flight: the next marker judges it
+        follow = self._read_back.marker_arrived(marker, held)
+        if follow is NextMarker.NOW:
+            self._send_marker(wake_channel)
+        elif follow is NextMarker.AFTER_PUBLISH:
+            self._markers_due.add(wake_channel)  # sent by the sender whose publish returns next
 
     # -- observing --------------------------------------------------------
 

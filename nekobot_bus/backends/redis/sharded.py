@@ -15,8 +15,19 @@ cluster for its map first, whenever a reader says its share is stale:
 - a connection broke or could not be made (a failover: the replica that
   took over serves the slots now).
 
-A reader left with no share is stopped. A generation of the bus's wanted
-set is confirmed once every reader confirmed its share of it.
+A reader left with no share is stopped. A registration waits for the
+readers whose share it changed; the bus's generation (``health()``) is
+confirmed once every reader confirmed its share of it.
+
+A reader passes on only the messages of the channels in its share now. A
+primary demoted to a replica keeps serving its old subscriptions with the
+shard's messages, which the reader that holds the channel now gets as
+well: without that rule each would be handled twice. While a channel moves
+from one reader to another, its messages are therefore passed on by
+neither until the new subscription holds: at most once, like any
+resubscription. What this bus sent to itself in that gap is counted
+``lost`` by the new reader's marker (:mod:`~nekobot_bus.backends.read_back`);
+what other processes sent is not seen, as with a broken connection.
 """
 
 from __future__ import annotations
@@ -144,6 +155,7 @@ class ShardedReader:
         self._running = False
         #: The last split found a shard channel without a primary (no map, or a failover).
         self.unplaced = False
+        self._starting = False
 
     # -- splitting (any thread) ---------------------------------------------------
 
@@ -165,12 +177,18 @@ class ShardedReader:
             except BusConnectionError as exc:  # the next round tries again; the lease outlives two
                 logger.debug("could not renew the '*' lease: %s", exc)
 
-    def apply(self, *, refresh: bool = False) -> None:
+    def apply(self, *, refresh: bool = False, resync: bool = False) -> list[tuple[Subscriptions, int]]:
         """Split the bus's current wanted names over the readers, starting and stopping readers.
 
-        With *refresh*, or when the map places no primary for a channel, the
-        cluster is asked for its map first. A channel still without one keeps
-        the bus's generation unconfirmed; :meth:`retry` splits again.
+        Only a reader whose share changed gets a new generation to confirm (or
+        every reader with *resync*: Redis dropped a subscription by itself), so
+        a registration waits for the primaries it concerns, not for a primary
+        failing over elsewhere. With *refresh*, or when the map places no
+        primary for a channel, the cluster is asked for its map first. A
+        channel still without one keeps the bus's generation unconfirmed;
+        :meth:`retry` splits again.
+
+        :returns: each changed reader's subscriptions and the generation to wait for.
         """
         for attempt in range(2):
             if refresh or attempt:
@@ -180,7 +198,7 @@ class ShardedReader:
                     logger.debug("the cluster's slots could not be read: %s", exc)
             with self._lock:
                 if not self._running:
-                    return
+                    return []
                 wanted, generation = self._subs.current()
                 shares, self.unplaced = self._split(wanted)
                 if self.unplaced and not attempt:
@@ -188,16 +206,32 @@ class ShardedReader:
                 for node, reader in list(self._readers.items()):
                     if node not in shares:
                         self._retire(reader)
-                wakes = []
-                for node, names in shares.items():
-                    reader = self._readers.get(node) or self._spawn(node)
-                    own = reader.subs.want(names)
-                    if not self.unplaced:  # else this generation lacks a channel: not to be confirmed
-                        reader.carries[own] = generation
-                    wakes.append(reader.wake)
-            for wake in wakes:  # outside the lock: a round trip each
-                self._wake(wake)
-            return
+                changed = [
+                    self._give(node, names, generation, resync=resync) for node, names in shares.items()
+                ]
+            waits = [c for c in changed if c is not None]
+            for reader, _ in waits:  # outside the lock: a round trip each
+                self._wake(reader.wake)
+            if not waits:
+                self._settle_bus()  # no reader has anything to confirm: the bus's generation is held
+            return [(reader.subs, own) for reader, own in waits]
+        return []
+
+    def _give(
+        self, node: Node | None, names: set[str], generation: int, *, resync: bool
+    ) -> tuple[NodeReader, int] | None:
+        """Give the reader of *node* its share (under the lock); ``None`` when it holds it already."""
+        reader = self._readers.get(node)
+        if reader is None:
+            reader = self._spawn(node)
+        elif not resync and reader.subs.wanted - {reader.wake} == frozenset(names):
+            if not self.unplaced:  # what it holds, or is about to, is this generation's share
+                reader.carries[reader.subs.generation] = generation
+            return None
+        own = reader.subs.want(names)
+        if not self.unplaced:  # else this generation lacks a channel: not to be confirmed
+            reader.carries[own] = generation
+        return reader, own
 
     def retry(self) -> None:
         """Split again if a channel found no primary last time; the keeper calls it every second."""
@@ -223,6 +257,8 @@ class ShardedReader:
         stopping = threading.Event()
         name = "global" if node is None else f"{node[0]}:{node[1]}"
         reader = NodeReader(node, self._make_link(node, stopping), stopping, self._wake_name(name))
+        reader.link.starting = self._starting
+        self._threads = [t for t in self._threads if t.is_alive()]  # retired readers' ended threads
         thread = threading.Thread(
             target=reader.link.run,
             args=(lambda conn: self._read_on(reader, conn), lambda: self._lost_link(reader)),
@@ -258,15 +294,19 @@ class ShardedReader:
                 stopping=reader.stopping,
                 confirmed=lambda names: self._confirmed(reader, names),
                 sharded=self._is_shard,
-                moved=lambda _channel: self.apply(refresh=True),
+                moved=lambda _channel: self.apply(refresh=True, resync=True),
             )
         except redis.ResponseError:  # MOVED to a SSUBSCRIBE: the map is stale
-            self.apply(refresh=True)
+            self.apply(refresh=True, resync=True)
             raise
 
     def _confirmed(self, reader: NodeReader, _held: frozenset[str]) -> None:
         reader.subscribed = True
         self._share_confirmed(reader.wake)
+        self._settle_bus()
+
+    def _settle_bus(self) -> None:
+        """Confirm the bus's generation that every reader's confirmed share carries, if any."""
         with self._lock:
             readers = list(self._readers.values())
             confirmed = [r.carries.get(r.subs.confirmed, -1) for r in readers]
@@ -318,7 +358,9 @@ class ShardedReader:
             return any(reader.thread is thread for reader in self._readers.values())
 
     def set_starting(self, starting: bool) -> None:
+        """While ``start()`` waits (its error tells a failure), the links do not log it too."""
         with self._lock:
+            self._starting = starting
             for reader in self._readers.values():
                 reader.link.starting = starting
 

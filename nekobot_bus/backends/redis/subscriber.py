@@ -238,9 +238,14 @@ class SingleReader:
     def _lost(self) -> None:
         self._subscribed = False
 
-    def apply(self) -> None:
-        """The wanted names changed: wake the reader, which applies them."""
+    def apply(self) -> list[tuple[Subscriptions, int]]:
+        """The wanted names changed: wake the reader, which applies them.
+
+        :returns: what to wait for: the bus's subscriptions and their generation now.
+        """
+        _, generation = self._subs.current()
         self._wake()
+        return [(self._subs, generation)]
 
     def set_starting(self, starting: bool) -> None:
         self._link.starting = starting

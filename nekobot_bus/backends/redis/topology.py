@@ -177,6 +177,11 @@ class _NodeRing:
         self._first = 0
         self.last: tuple[str, int] | None = None
 
+    def in_use(self) -> tuple[str, int]:
+        """The node connections go to now."""
+        with self._lock:
+            return self.nodes[self._first]
+
     def in_turn(self) -> list[tuple[str, int]]:
         """Every node once, the one in use first."""
         with self._lock:
@@ -204,10 +209,23 @@ class _AnyNodeConnection(Connection):
     connection then tries the node after it.
     """
 
-    def __init__(self, *, ring: _NodeRing, **options: Any) -> None:
+    def __init__(self, *, ring: _NodeRing, follow: bool = False, **options: Any) -> None:
         self._ring = ring
+        self._follow = follow
         host, port = ring.nodes[0]
         super().__init__(host=host, port=port, **options)
+
+    def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        # A sender's pooled connection follows the ring to the node in use, so that one
+        # thread's messages do not travel through two nodes; a reader's stays where it is
+        # subscribed until it breaks.
+        if (
+            self._follow
+            and getattr(self, "_sock", None) is not None
+            and (self.host, self.port) != self._ring.in_use()
+        ):
+            self.disconnect()
+        super().send_packed_command(*args, **kwargs)
 
     def _connect(self) -> Any:
         refused: list[str] = []
@@ -243,6 +261,10 @@ class _AnyNodeConnection(Connection):
             self._connect_noting(super().connect, *args, **kwargs)
 
 
+#: Seconds one node may take to connect, and to answer ``CLUSTER SLOTS``.
+_ASK_SECONDS = 1.0
+
+
 class ClusterNodes(Server):
     """A Redis Cluster, known by some of its *nodes*; *password* applies to every node.
 
@@ -261,7 +283,8 @@ class ClusterNodes(Server):
         self._ring = _NodeRing(nodes)
         self._password = password
         self.pubsub = pubsub
-        #: ``SPUBLISH`` counts every subscriber of the shard; ``PUBLISH`` only those of one node.
+        #: ``SPUBLISH`` runs on the channel's primary and counts its subscribers, where every bus
+        #: subscribes; ``PUBLISH`` counts those of whichever node it ran on.
         self.counts_receivers = pubsub == "sharded"
         self.address = "redis-cluster://" + ",".join(f"{host}:{port}" for host, port in self._ring.nodes)
 
@@ -271,7 +294,7 @@ class ClusterNodes(Server):
         )
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(connection_pool=self.pool(**options))
+        return redis.Redis(connection_pool=self.pool(follow=True, **options))
 
     def node_pool(self, node: Node, **options: Any) -> redis.ConnectionPool:
         """A pool of connections to *node* alone."""
@@ -286,8 +309,14 @@ class ClusterNodes(Server):
     ) -> ClusterRunner:
         """Keyless commands go to the node in use; keyed ones to the primary of their slot."""
 
+        # Asking for the map is one small reply: a node that takes longer is not the one to ask.
+        asking = options | {
+            key: min(float(options.get(key) or _ASK_SECONDS), _ASK_SECONDS)
+            for key in ("socket_timeout", "socket_connect_timeout")
+        }
+
         def ask(node: Node) -> Any:
-            with self.node_client(node, **options) as client:
+            with self.node_client(node, **asking) as client:
                 return client.execute_command("CLUSTER", "SLOTS")
 
         def runner_for(node: Node) -> CommandRunner:
