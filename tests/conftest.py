@@ -183,14 +183,15 @@ def cluster_set(tmp_path: Path) -> Iterator[ClusterSet]:
 
 
 def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
-    """A fan-out config on *cluster* (sharded pub/sub unless *bus* says), with a key prefix of its own."""
+    """A config on *cluster* (the fan-out, on sharded pub/sub, unless *bus* says), with its own key prefix."""
+    fanout = {} if bus.get("delivery") == "queue" else {"health_check_interval": 0.5}
     return {
         "bus": {
             "type": "redis",
             "redis_cluster_nodes": cluster.addresses(),
             "prefix": f"t{uuid.uuid4().hex[:8]}:",
-            "health_check_interval": 0.5,
             "health_check_timeout": 1.0,
+            **fanout,
             **bus,
         }
     }
@@ -206,6 +207,7 @@ def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
         "redis-queue-sentinel",
         "redis-cluster",
         "redis-cluster-global",
+        "redis-queue-cluster",
         "nats",
     ]
 )
@@ -231,6 +233,14 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
         ),
         "redis-cluster": lambda: cluster_config(server("shared_cluster")),
         "redis-cluster-global": lambda: cluster_config(server("shared_cluster"), cluster_pubsub="global"),
+        "redis-queue-cluster": lambda: cluster_config(
+            server("shared_cluster"),
+            delivery="queue",
+            claim_idle=1.0,
+            retry_backoff=0.05,
+            max_deliveries=1,
+            min_replicas_ack=1,
+        ),
         "nats": lambda: nats_config(server("shared_nats")),
     }
     if request.param in remote:

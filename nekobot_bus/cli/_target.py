@@ -50,11 +50,15 @@ def config_from(args: argparse.Namespace) -> Mapping[str, Any]:
 def redis_target(config: Mapping[str, Any]) -> RedisTarget:
     """The server, prefix, delivery and shards a Redis config names (without building a bus)."""
     from ..backends.redis.options import QueueOptions, read_config  # noqa: PLC0415 - the redis extra
+    from ..backends.redis.topology import ClusterNodes  # noqa: PLC0415
 
     checked = read_config(config)
     options = checked.delivery_options
     shards = options.shards if isinstance(options, QueueOptions) else 0
-    return RedisTarget(checked.server, checked.connection.keyspace, checked.delivery, shards)
+    keys = checked.connection.keyspace
+    if checked.delivery == "queue" and isinstance(checked.server, ClusterNodes):
+        keys = keys.in_one_slot()  # as the queue delivery names them on a cluster
+    return RedisTarget(checked.server, keys, checked.delivery, shards)
 
 
 def ensure_reachable(target: RedisTarget) -> None:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         for shard in (range(target.shards) if target.shards and target.delivery == "queue" else [None])
     }
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    client = target.server.client(socket_connect_timeout=2, socket_timeout=_POLL + 5, protocol=2)
+    client = _client(target)
     read = _read_streams if target.delivery == "queue" else _read_pubsub
     if target.delivery == "fanout" and getattr(target.server, "pubsub", None) == "sharded":
         names = {keys.every_copy(d): d for d in args.directions}
@@ -155,6 +155,23 @@ def _read_pubsub(
                 yield name.direction, name.channel_id, item["data"]
     finally:
         pubsub.close()
+
+
+def _client(target: RedisTarget) -> redis.Redis:
+    """A client for what tail reads: on a cluster's queue delivery, of the primary of the bus's slot."""
+    import redis  # noqa: PLC0415 - the redis extra
+
+    from ..backends.redis.client import Reachability  # noqa: PLC0415
+    from ..backends.redis.cluster import ClusterRunner  # noqa: PLC0415
+    from ..backends.redis.topology import ClusterNodes  # noqa: PLC0415
+
+    options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": _POLL + 5, "protocol": 2}
+    server = target.server
+    if target.delivery == "queue" and isinstance(server, ClusterNodes):
+        runner = server.runner(Metrics(), 5.0, Reachability(), **options)
+        assert isinstance(runner, ClusterRunner)
+        return redis.Redis(connection_pool=server.slot_pool(target.keys.prefix, runner.slots, **options))
+    return server.client(**options)
 
 
 def _lease(target: RedisTarget, directions: tuple[Direction, ...]) -> Callable[[], None]:

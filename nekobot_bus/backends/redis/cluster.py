@@ -45,13 +45,18 @@ Node = tuple[str, int]
 REDIRECTS = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
 
 #: Where each command's key is, for the commands the bus sends with one;
-#: ``EVALSHA``'s first key follows the digest and the key count.
-_KEY_AT = {"SPUBLISH": 1, "SET": 1, "GET": 1, "DEL": 1, "PEXPIRE": 1, "EXISTS": 1, "EVALSHA": 3, "EVAL": 3}
+#: ``EVALSHA``'s first key follows the digest and the key count, and a
+#: subcommand's (``XGROUP CREATE``, ``XINFO STREAM``) follows the subcommand.
+_KEY_AT = {
+    "SPUBLISH": 1, "SET": 1, "GET": 1, "DEL": 1, "PEXPIRE": 1, "EXISTS": 1, "EVALSHA": 3, "EVAL": 3,
+    "XADD": 1, "XACK": 1, "XCLAIM": 1, "XPENDING": 1, "XGROUP": 2, "XINFO": 2,
+    "SADD": 1, "SMEMBERS": 1, "ZREM": 1,
+}  # fmt: skip
 
 
 def key_of(command: Sequence[Any]) -> Any:
     """The key that routes *command*, or ``None`` for a command that any node runs."""
-    position = _KEY_AT.get(str(command[0]).upper())
+    position = _KEY_AT.get(command[0].upper() if isinstance(command[0], str) else str(command[0]).upper())
     if position is None or len(command) <= position:
         return None
     if position == 3 and int(command[2]) == 0:  # a script without keys
@@ -120,9 +125,9 @@ class SlotMap:
             self._ask_each(candidates, deadline)
 
     def _ask_each(self, candidates: list[Node], deadline: float | None) -> None:
-        errors = []
+        errors: list[str] = []
         for node in candidates:
-            if deadline is not None and time.monotonic() > deadline:
+            if errors and deadline is not None and time.monotonic() > deadline:  # one ask at least
                 errors.append("the deadline passed")
                 break
             try:
@@ -214,6 +219,13 @@ class ClusterRunner(CommandRunner):
             return super().run(commands, what, timeout=timeout, allow=allow)
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        if any(self.slots.primary_of(key_of(commands[i])) is None for i in keyed):
+            self._refresh(deadline=deadline)  # no map yet (the first command), or a slot without a primary
+        one_node = self._one_node(commands, keyed)
+        if one_node is not None and len(keyed) < len(commands):
+            # Keys of one slot with keyless commands (a WAIT for the replicas of those
+            # writes): the whole round trip goes to that node, in order.
+            return self._on_node(one_node, commands, what, timeout=timeout, allow=allow)
         replies: list[Any] = [None] * len(commands)
         pending: dict[int, Node | None] = dict.fromkeys(keyed)  # index -> an ASK target, if any
         delay = 0.02
@@ -242,6 +254,50 @@ class ClusterRunner(CommandRunner):
             for i, reply in zip(keyless, got, strict=True):
                 replies[i] = reply
         return replies
+
+    def _one_node(self, commands: Sequence[tuple[Any, ...]], keyed: list[int]) -> Node | None:
+        """The node of every keyed command, when the map puts them all on one."""
+        nodes = {self.slots.primary_of(key_of(commands[i])) for i in keyed}
+        return nodes.pop() if len(nodes) == 1 else None
+
+    def _on_node(
+        self,
+        node: Node,
+        commands: Sequence[tuple[Any, ...]],
+        what: str,
+        *,
+        timeout: float | None,
+        allow: Collection[str],
+    ) -> list[Any]:
+        """*commands* in one round trip to *node*; a redirect or an unreachable node (nothing ran
+        there) asks for the map again and sends them, all, to where it says."""
+        limit = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        delay = 0.02
+        while True:
+            started = time.monotonic()
+            budget = max(0.0, min(self.NODE_CONNECT_TIMEOUT, deadline - started))
+            try:
+                replies = self.node(node).run(commands, what, timeout=budget, allow={*allow, *REDIRECTS})
+            except RedisUnreachable:
+                replies = None
+            keyed = [i for i, command in enumerate(commands) if key_of(command) is not None]
+            moved = [replies is not None and error_code(replies[i]) in REDIRECTS for i in keyed]
+            if replies is not None and not any(moved):
+                return replies
+            if replies is not None and not all(moved):  # keys of one slot: never, but not assumed
+                raise BusConnectionError(
+                    f"Redis Cluster at {self.address} moved a slot in the middle of {what}; "
+                    "some of its commands ran, some did not"
+                )
+            if time.monotonic() + delay > deadline:
+                raise RedisUnreachable(
+                    f"Redis Cluster at {self.address} did not take {what} within {limit} s; nothing was sent"
+                )
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 0.5)
+            self._refresh(started, deadline=deadline)
+            node = self._one_node(commands, keyed) or node
 
     def _send_pending(
         self,

@@ -49,6 +49,11 @@ class Keyspace:
 
     prefix: str = attrs.field(default=DEFAULT_PREFIX, validator=_check_prefix)
 
+    def in_one_slot(self) -> Keyspace:
+        """The same names with the prefix as a hash tag (``{nekobot:bus:}inbound:telegram``): on a
+        Redis Cluster all of them share one slot, as the queue delivery's transactions need."""
+        return Keyspace("{" + self.prefix + "}")
+
     # -- messages ---------------------------------------------------------
 
     def messages(self, direction: Direction, channel_id: str, shard: int | None = None) -> str:

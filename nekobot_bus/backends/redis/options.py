@@ -347,6 +347,8 @@ def read_config(config: Mapping[str, Any]) -> RedisConfig:
     if "redis_prefix" in connection:
         connection["prefix"] = connection.pop("redis_prefix")
     address = structure(Address, parts["address"], "bus")
+    if not fanout and address.cluster_pubsub is not None:
+        raise ConfigError("bus.cluster_pubsub is for the fan-out delivery; the queue delivery uses streams")
     go = structure(_GoRedis, section(config, "redis"), "redis")
     if (address.redis_url, address.redis_sentinels, address.redis_cluster_nodes) == (None, None, None):
         address = attrs.evolve(

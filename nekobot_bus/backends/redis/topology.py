@@ -18,6 +18,7 @@ the connection and sends it again to the new master, within ``send_timeout``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConn
 
 from ...errors import ConfigError
 from ...metrics import Metrics
-from .client import CommandRunner, Reachability, make_client, redact
+from .client import CommandRunner, Reachability, RedisUnreachable, make_client, redact
 from .cluster import ClusterRunner, Node, SlotMap
 
 __all__ = ["ClusterNodes", "SentinelMaster", "Server", "Standalone"]
@@ -261,6 +262,25 @@ class _AnyNodeConnection(Connection):
             self._connect_noting(super().connect, *args, **kwargs)
 
 
+class _SlotPrimaryConnection(Connection):
+    """A connection to the primary of one key's slot: the cluster is asked where that is before
+    each connect (a reconnect follows a failure, often a failover or a moved slot)."""
+
+    def __init__(self, *, slots: SlotMap, key: str, **options: Any) -> None:
+        self._slots = slots
+        self._key = key
+        super().__init__(**options)
+
+    def _connect(self) -> Any:
+        with contextlib.suppress(RedisUnreachable):  # then the map it has is the best guess
+            self._slots.refresh()
+        node = self._slots.primary_of(self._key)
+        if node is None:
+            raise OSError(f"no primary of the cluster serves the slot of {self._key!r}")
+        self.host, self.port = node
+        return super()._connect()
+
+
 #: Seconds one node may take to connect, and to answer ``CLUSTER SLOTS``.
 _ASK_SECONDS = 1.0
 
@@ -295,6 +315,12 @@ class ClusterNodes(Server):
 
     def client(self, **options: Any) -> redis.Redis:
         return redis.Redis(connection_pool=self.pool(follow=True, **options))
+
+    def slot_pool(self, key: str, slots: SlotMap, **options: Any) -> redis.ConnectionPool:
+        """A pool of connections to the primary that serves *key*'s slot now, as *slots* says."""
+        return redis.ConnectionPool(
+            connection_class=_SlotPrimaryConnection, slots=slots, key=key, password=self._password, **options
+        )
 
     def node_pool(self, node: Node, **options: Any) -> redis.ConnectionPool:
         """A pool of connections to *node* alone."""

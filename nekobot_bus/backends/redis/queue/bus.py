@@ -79,13 +79,15 @@ from typing import Any
 from .... import codec
 from ...._threads import join_all
 from ....dispatch import Direction
-from ....errors import BusConnectionError, BusReplyError, ConfigError
+from ....errors import BusConnectionError, BusReplyError
 from ....message import Message
 from ....settle import Settler
 from ...start_hold import NothingSent, StartHold
 from ..base import RedisBase
+from ..cluster import ClusterRunner
 from ..keyspace import shard_of
 from ..options import QueueOptions
+from ..reader_link import ReaderLink
 from ..subscriber import Subscriptions
 from ..topology import ClusterNodes
 from .acker import Acker
@@ -147,11 +149,6 @@ class RedisStreamBus(RedisBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(self.server, ClusterNodes):
-            raise ConfigError(
-                "the queue delivery does not run on a Redis Cluster yet (its streams, dedup keys and "
-                "leases would need hash tags to share a slot); use the fan-out, or one Redis or Sentinel"
-            )
         self._streams = StreamReader(
             keys=self.keys,
             runner=self._runner,
@@ -172,6 +169,19 @@ class RedisStreamBus(RedisBase):
 
     def _prepare_transport(self) -> None:
         super()._prepare_transport()
+        if isinstance(self.server, ClusterNodes):
+            # All of the bus's keys in one slot (its scripts and transactions span streams,
+            # dedup keys and leases), read on a connection to that slot's primary.
+            assert isinstance(self._runner, ClusterRunner)
+            self.keys = self.keys.in_one_slot()
+            self._link = ReaderLink(
+                self.server.slot_pool(self.keys.prefix, self._runner.slots, **self._reader_options),
+                address=self.address,
+                name=self.reader_name,
+                metrics=self._metrics,
+                stopping=self._stopping,
+                reachability=self._reachability,
+            )
         options: QueueOptions = self._delivery_options
         self.group = options.group
         self.consumer = options.consumer or _process_consumer()
