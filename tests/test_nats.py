@@ -200,6 +200,49 @@ def test_the_bus_rides_out_a_server_restart(nats_server: NatsServer, buses: list
     assert (m["sent_in"], m["handled_in"]) == (2, len(got.contents))
 
 
+def test_a_restart_under_load_counts_each_message_once(nats_server: NatsServer, buses: list[Bus]) -> None:
+    """Sends to itself while the server restarts: each message is handled once or counted lost (by the
+    marker after the reconnect), or its send raised; none is counted lost and handled both."""
+    bus = build(buses, nats_config(nats_server, send_timeout=3.0))
+    handled: list[str] = []
+    bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
+    raised: list[str] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                bus.send_inbound(Message(channel_id="telegram", content=str(n)))
+            except BusConnectionError:
+                raised.append(str(n))
+            n += 1
+            time.sleep(0.002)
+
+    with bus:
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            time.sleep(0.5)
+            nats_server.restart()
+            deadline = time.monotonic() + WAIT
+            while not bus.health()["connected"]:
+                assert time.monotonic() < deadline, "the bus did not reconnect"
+                time.sleep(0.05)
+            back_at = len(handled)
+            while len(handled) < back_at + 50:
+                assert time.monotonic() < deadline, "messages did not flow after the restart"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            sender.join()
+        assert bus.wait_idle(WAIT)
+    m = bus.get_metrics()
+    assert len(set(handled)) == len(handled), "a message was handled twice"
+    accounted = len(handled) + m["lost"]
+    assert m["sent_in"] <= accounted <= m["sent_in"] + len(raised), (m, len(handled), len(raised))
+
+
 def test_sends_fail_at_once_in_an_outage_older_than_send_timeout(
     nats_server: NatsServer, buses: list[Bus]
 ) -> None:

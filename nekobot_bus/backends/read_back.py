@@ -145,11 +145,6 @@ class ReadBack:
             self._closed = True
         self._count_lost(lambda entry: entry.published is not None)
 
-    def lost_with_connection(self) -> None:
-        """The connection broke: count every awaited message ``lost`` (for a transport without markers,
-        where a publish in flight meanwhile may yet come, and be counted twice)."""
-        self._count_lost(lambda entry: True)
-
     def _count_lost(self, which: Callable[[_Awaited], bool]) -> None:
         with self._cond:
             gone = [i for i, entry in self._awaited.items() if which(entry)]

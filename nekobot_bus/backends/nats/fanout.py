@@ -28,8 +28,9 @@ waits in memory up to ``intake_bytes``; past that, and when the client's
 own pending limits for a subscription are hit (a slow consumer), the
 message is counted ``dropped``. A payload that is not a message is counted
 ``decode_errors``; a message this bus sent to itself and lost with the
-connection, ``lost``. Messages published while a subscriber was
-disconnected are not seen by it.
+connection, ``lost``, once a marker published after the reconnect came
+back without it (``backends/read_back.py``). Messages published while a
+subscriber was disconnected are not seen by it.
 
 With ``group``, the subscriptions join a NATS queue group of that name: the
 server gives each message to one member of the group.
@@ -59,7 +60,7 @@ from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
 from ...message import WILDCARD, Message
-from ..read_back import ReadBack
+from ..read_back import NextMarker, ReadBack
 from ..start_hold import NothingSent, StartHold
 from .loop import LoopThread
 from .options import DEFAULT_NATS_URL, NatsConfig, NatsOptions, read_config
@@ -111,6 +112,8 @@ class NatsBus(Bus):
         self._up: asyncio.Event | None = None  # the loop's view of the same
         # Messages this bus published to a subject it listens to, not yet read back.
         self._read_back = ReadBack(self._metrics)
+        self._marker_subject = ""  # the inbox markers come back on; set by each connect
+        self._marker_due = False
         self._last_message_at: float | None = None
         self._outage_told = False
 
@@ -178,7 +181,7 @@ class NatsBus(Bus):
                 logger.warning("the NATS connection to %s did not close cleanly: %r", self.address, exc)
         alive = self._loop.stop(max(0.1, deadline - time.monotonic()))
         self._hold.drop_all()
-        self._read_back.clear()
+        self._read_back.stopped()
         return [alive] if alive is not None else []
 
     # -- the connection (loop thread) ----------------------------------------
@@ -204,6 +207,10 @@ class NatsBus(Bus):
             **settings,
         )
         self._client = client
+        # Markers (read_back.py) come back on an inbox of this connection's own; nats-py
+        # subscribes it again after a reconnect, before it sends what it held meanwhile.
+        self._marker_subject = client.new_inbox()
+        await client.subscribe(self._marker_subject, cb=self._on_marker)
         self._up.set()
 
     async def _on_disconnected(self) -> None:
@@ -213,7 +220,6 @@ class NatsBus(Bus):
             self._down_since = time.monotonic()
         if not self._stopping.is_set():
             self._metrics.incr("connection_errors")
-            self._read_back.lost_with_connection()
             if not self._outage_told:
                 self._outage_told = True
                 logger.warning(
@@ -227,6 +233,24 @@ class NatsBus(Bus):
         if self._up is not None:
             self._up.set()
         logger.info("reconnected to NATS at %s", self._connected_to())
+        # What this bus sent to itself and the broken connection took along is told by a
+        # marker: once it is back, what was published before it and has not come is lost.
+        await self._send_marker()
+
+    async def _send_marker(self) -> None:
+        client = self._client
+        if client is None or not self._marker_subject:
+            return
+        marker = self._read_back.marker()
+        with contextlib.suppress(nats.errors.Error, OSError):  # then the next reconnect sends one
+            await client.publish(self._marker_subject, b"%d" % marker)
+
+    async def _on_marker(self, msg: Msg) -> None:
+        follow = self._read_back.marker_arrived(int(msg.data))
+        if follow is NextMarker.NOW:
+            await self._send_marker()
+        elif follow is NextMarker.AFTER_PUBLISH:
+            self._marker_due = True  # sent by the sender whose publish returns next
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
@@ -355,6 +379,11 @@ class NatsBus(Bus):
                 f"({exc or type(exc).__name__}); the client may still send them once reconnected"
             ) from None
         self._metrics.incr(f"sent_{direction.suffix}", len(batch))
+        self._read_back.published(mine)
+        if self._marker_due:  # a marker found one of these in flight (read_back.py)
+            self._marker_due = False
+            with contextlib.suppress(TimeoutError, OSError, RuntimeError, nats.errors.Error):
+                self._loop.call(self._send_marker(), self._timeout)
 
     async def _publish(self, pairs: list[tuple[str, bytes]]) -> None:
         client, up = self._client, self._up
