@@ -58,10 +58,6 @@ class Metrics:
         keys += ["errors", "send_timeouts", *extra]
         self._counters = {key: itertools.count() for key in keys}
         self._bulk = dict.fromkeys(keys, 0)  # what arrived more than one at a time, under the lock
-        # Messages accepted and finished, whatever the key: their difference is in flight.
-        self._accepted = itertools.count()
-        self._finished = itertools.count()
-        self._accepted_bulk = self._finished_bulk = 0
         levels = [f"{key}_{suffix}" for key in DIRECTION_GAUGES for suffix in ("in", "out")]
         self._levels = dict.fromkeys([*levels, *gauges], 0)
         #: The keys of :meth:`snapshot` that are gauges, not counters.
@@ -84,35 +80,36 @@ class Metrics:
     def accepted(self, key: str) -> None:
         """Count one message taken in under *key* (``messages_in`` or ``messages_out``)."""
         next(self._counters[key])
-        next(self._accepted)
 
     def finished(self, key: str, amount: int = 1) -> None:
         """Count *amount* accepted messages as done, under *key*."""
-        if amount == 1:
+        if amount == 1:  # incr(), spelled out: this is every message's path
             next(self._counters[key])
-            next(self._finished)
         else:
             with self._lock:
                 self._bulk[key] += amount
-                self._finished_bulk += amount
         # Read after the count went up: a waiter counts itself in before it looks (wait_idle).
         if self._idle_waiters:
             with self._lock:
                 self._idle.notify_all()
 
-    def _in_flight(self) -> int:
-        finished = _value(self._finished) + self._finished_bulk  # finishing counts first: see the module
-        return _value(self._accepted) + self._accepted_bulk - finished
+    def _counts(self) -> dict[str, int]:
+        """Every counter, the ones that finish a message read before the ones that accept one (see
+        the module); the caller holds the lock, so bulk counts hold still meanwhile."""
+        counts = {k: _value(c) + self._bulk[k] for k, c in self._counters.items() if k not in _ACCEPTING}
+        return counts | {k: _value(self._counters[k]) + self._bulk[k] for k in _ACCEPTING}
+
+    @staticmethod
+    def _in_flight(counts: dict[str, int]) -> int:
+        return sum(counts[k] for k in _ACCEPTING) - sum(counts[k] for k in _FINISHING)
 
     def snapshot(self) -> dict[str, int]:
         """Return every counter and gauge, adding up as one instant's would."""
-        with self._lock:  # the bulk counts and the gauges hold still meanwhile
-            others = {k: _value(c) + self._bulk[k] for k, c in self._counters.items() if k not in _ACCEPTING}
-            accepting = {k: _value(self._counters[k]) + self._bulk[k] for k in _ACCEPTING}
-            counts = accepting | others | self._levels
+        with self._lock:
+            counts = self._counts() | self._levels
         for key in ("no_handler", "dropped", "claimed_elsewhere"):
             counts[key] = counts[f"{key}_in"] + counts[f"{key}_out"]
-        counts["queue_depth"] = sum(accepting.values()) - sum(others[k] for k in _FINISHING)
+        counts["queue_depth"] = self._in_flight(counts)
         return counts
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -120,6 +117,6 @@ class Metrics:
         with self._lock:
             self._idle_waiters += 1
             try:
-                return self._idle.wait_for(lambda: self._in_flight() <= 0, timeout)
+                return self._idle.wait_for(lambda: self._in_flight(self._counts()) <= 0, timeout)
             finally:
                 self._idle_waiters -= 1

@@ -257,6 +257,13 @@ def buses() -> Iterator[list[Bus]]:
         assert bus.stop(timeout=10), f"{bus!r} did not stop in time"
 
 
+def build(buses: list[Bus], config: dict[str, Any]) -> Bus:
+    """A bus of *config*, stopped at the test's end (put in the ``buses`` fixture's list)."""
+    made = create_bus(config)
+    buses.append(made)
+    return made
+
+
 @pytest.fixture
 def make_bus(backend_config: dict[str, Any], buses: list[Bus]) -> BusFactory:
     """Build buses of the current backend, with config overrides; all are stopped at the end."""

@@ -27,6 +27,7 @@ from nekobot_bus import (
 from nekobot_bus.backends.nats import NatsBus
 
 from .conftest import nats_config
+from .load import Load
 from .nats_server import NatsServer
 
 WAIT = 10.0
@@ -206,23 +207,8 @@ def test_a_restart_under_load_counts_each_message_once(nats_server: NatsServer, 
     bus = build(buses, nats_config(nats_server, send_timeout=3.0))
     handled: list[str] = []
     bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
-    raised: list[str] = []
-    stop = threading.Event()
-
-    def send() -> None:
-        n = 0
-        while not stop.is_set():
-            try:
-                bus.send_inbound(Message(channel_id="telegram", content=str(n)))
-            except BusConnectionError:
-                raised.append(str(n))
-            n += 1
-            time.sleep(0.002)
-
     with bus:
-        sender = threading.Thread(target=send)
-        sender.start()
-        try:
+        with Load(bus, every=0.002) as load:
             time.sleep(0.5)
             nats_server.restart()
             deadline = time.monotonic() + WAIT
@@ -233,14 +219,11 @@ def test_a_restart_under_load_counts_each_message_once(nats_server: NatsServer, 
             while len(handled) < back_at + 50:
                 assert time.monotonic() < deadline, "messages did not flow after the restart"
                 time.sleep(0.05)
-        finally:
-            stop.set()
-            sender.join()
         assert bus.wait_idle(WAIT)
     m = bus.get_metrics()
     assert len(set(handled)) == len(handled), "a message was handled twice"
     accounted = len(handled) + m["lost"]
-    assert m["sent_in"] <= accounted <= m["sent_in"] + len(raised), (m, len(handled), len(raised))
+    assert m["sent_in"] <= accounted <= m["sent_in"] + len(load.refused), (m, len(handled), len(load.refused))
 
 
 def test_sends_fail_at_once_in_an_outage_older_than_send_timeout(

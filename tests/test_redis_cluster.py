@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +24,15 @@ from nekobot_bus.backends.redis.client import Reachability
 from nekobot_bus.backends.redis.topology import ClusterNodes
 from nekobot_bus.metrics import Metrics
 
-from .conftest import cluster_config
+from .conftest import build, cluster_config
+from .load import Handled, Load
 from .redis_cluster import ClusterSet
 from .redis_server import RedisServer
 from .test_bus_contract import assert_counts_add_up
-from .test_redis_sentinel import Handled, Load
 
 WAIT = 20.0
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def build(buses: list[Bus], config: dict[str, Any]) -> Bus:
-    made = create_bus(config)
-    buses.append(made)
-    return made
 
 
 NODES = ["127.0.0.1:7000", "127.0.0.1:7001"]
@@ -112,43 +107,20 @@ def test_a_killed_node_under_load_and_the_bus_carries_on(cluster_set: ClusterSet
     bus = build(buses, cluster_config(cluster_set, cluster_pubsub="global", send_timeout=5.0))
     handled: list[str] = []
     bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
-    raised: list[str] = []
-    stop_sending = threading.Event()
-
-    def send() -> None:
-        n = 0
-        while not stop_sending.is_set():
-            try:
-                bus.send_inbound(Message(channel_id="telegram", content=str(n)))
-            except BusConnectionError:
-                raised.append(str(n))
-            n += 1
-            time.sleep(0.002)
-
     with bus:
         first = bus.health()["master"]
         victim = next(node for node in cluster_set.nodes if node.addr == first)
-        sender = threading.Thread(target=send)
-        sender.start()
-        try:
+        with Load(bus, every=0.002) as load:
             time.sleep(0.5)
             victim.stop()
-            deadline = time.monotonic() + WAIT
-            while not (bus.health()["subscribed"] and bus.health()["master"] != first):
-                assert time.monotonic() < deadline, f"the bus did not move off {first}: {bus.health()}"
-                time.sleep(0.05)
+            wait_for(
+                lambda: bus.health()["subscribed"] and bus.health()["master"] != first,
+                f"the bus did not move off {first}",
+            )
             moved_at = len(handled)
-            time.sleep(1.0)
-        finally:
-            stop_sending.set()
-            sender.join()
-        assert len(handled) > moved_at + 50, "messages did not flow again after the bus moved"
-        assert bus.wait_idle(WAIT)
-        m = assert_counts_add_up(bus)
-    sent = m["sent_in"]
-    # A send that raised after writing may have been published, and handled.
-    assert sent <= len(handled) + m["lost"] <= sent + len(raised), (len(handled), m["lost"], sent, raised)
-    assert len(set(handled)) == len(handled), "a message was handled twice"
+            wait_for(lambda: len(handled) > moved_at + 50, "messages did not flow again after the bus moved")
+        # A send that raised after writing may have been published, and handled.
+        assert_each_once_and_accounted(bus, handled, load.refused)
 
 
 def test_a_paused_node_is_left_for_another(cluster_set: ClusterSet, buses: list[Bus]) -> None:
@@ -178,34 +150,6 @@ def test_a_paused_node_is_left_for_another(cluster_set: ClusterSet, buses: list[
 # -- sharded pub/sub ------------------------------------------------------------------
 
 
-class Sender:
-    """A thread sending *channel* messages numbered from 0 until stopped; what raised is kept."""
-
-    def __init__(self, bus: Bus, channel: str = "telegram") -> None:
-        self.bus, self.channel = bus, channel
-        self.raised: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            try:
-                self.bus.send_inbound(Message(channel_id=self.channel, content=str(n)))
-            except BusConnectionError:
-                self.raised.append(str(n))
-            n += 1
-            time.sleep(0.002)
-
-    def __enter__(self) -> Sender:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def wait_for(condition: Any, what: str, within: float = WAIT) -> None:
     deadline = time.monotonic() + within
     while not condition():
@@ -218,7 +162,7 @@ FAILOVER_OVERCOUNT = 10
 
 
 def assert_each_once_and_accounted(
-    bus: Bus, handled: list[str], raised: list[str], overcount: int = 0
+    bus: Bus, handled: list[str], raised: Collection[object], overcount: int = 0
 ) -> dict[str, int]:
     """Every message sent is handled once, or counted unrouted or lost: none silently lost, none twice.
 
@@ -294,7 +238,7 @@ def test_sharded_a_migrated_channel_still_delivers(cluster_set: ClusterSet, buse
     target = next(
         p for p in cluster_set.running() if p is not source and p.port in cluster_set.primary_ports()
     )
-    with bus, Sender(bus) as sender:
+    with bus, Load(bus, every=0.002) as load:
         wait_for(lambda: len(handled) > 50, "messages did not flow before the migration")
         cluster_set.migrate_slot(cluster_set.slot_of(channel), source, target)
         with target.client() as client:
@@ -303,7 +247,7 @@ def test_sharded_a_migrated_channel_still_delivers(cluster_set: ClusterSet, buse
             )
         moved_at = len(handled)
         wait_for(lambda: len(handled) > moved_at + 50, "messages did not flow after the migration")
-    m = assert_each_once_and_accounted(bus, handled, sender.raised)
+    m = assert_each_once_and_accounted(bus, handled, load.refused)
     assert m["reconnects"] == 0, "a migration is not a broken connection"
 
 
@@ -318,7 +262,7 @@ def test_sharded_a_killed_primary_under_load_and_the_bus_carries_on(
     bus.register_inbound_handler("telegram", lambda m: handled.append(m.content))
     channel = f"{config['bus']['prefix']}inbound:telegram"
     victim = cluster_set.primary_of(channel)
-    with bus, Sender(bus) as sender:
+    with bus, Load(bus, every=0.002) as load:
         wait_for(lambda: len(handled) > 50, "messages did not flow before the kill")
         victim.stop()
         took = cluster_set.wait_until_replaced(victim)
@@ -327,7 +271,7 @@ def test_sharded_a_killed_primary_under_load_and_the_bus_carries_on(
             lambda: len(handled) > replaced_at + 50,
             f"messages did not flow after the failover ({took:.1f} s)",
         )
-    assert_each_once_and_accounted(bus, handled, sender.raised, FAILOVER_OVERCOUNT)
+    assert_each_once_and_accounted(bus, handled, load.refused, FAILOVER_OVERCOUNT)
 
 
 def test_sharded_a_manual_failover_is_followed(cluster_set: ClusterSet, buses: list[Bus]) -> None:
@@ -339,14 +283,14 @@ def test_sharded_a_manual_failover_is_followed(cluster_set: ClusterSet, buses: l
     channel = f"{config['bus']['prefix']}inbound:telegram"
     primary = cluster_set.primary_of(channel)
     replica = cluster_set.replica_of(primary)
-    with bus, Sender(bus) as sender:
+    with bus, Load(bus, every=0.002) as load:
         wait_for(lambda: len(handled) > 50, "messages did not flow before the failover")
         with replica.client() as client:
             client.execute_command("CLUSTER", "FAILOVER")
         wait_for(lambda: cluster_set.primary_of(channel) is replica, "the replica did not take over")
         switched_at = len(handled)
         wait_for(lambda: len(handled) > switched_at + 50, "messages did not flow after the failover")
-    assert_each_once_and_accounted(bus, handled, sender.raised, FAILOVER_OVERCOUNT)
+    assert_each_once_and_accounted(bus, handled, load.refused, FAILOVER_OVERCOUNT)
 
 
 def test_a_prefix_with_braces_is_refused_on_a_cluster() -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from nekobot_bus import Bus, BusConnectionError, ConfigError, Message, create_bus
 
-from .conftest import sentinel_config
+from .conftest import build, sentinel_config
+from .load import Handled, Load
 from .redis_sentinel import FAST_SYNC, SentinelSet
 from .redis_server import RedisServer
 from .test_bus_contract import assert_counts_add_up
@@ -27,12 +28,6 @@ FAILOVER = 20.0
 RECOVERY = 5.0
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def build(buses: list[Bus], config: dict[str, Any]) -> Bus:
-    made = create_bus(config)
-    buses.append(made)
-    return made
 
 
 @pytest.mark.parametrize(
@@ -73,37 +68,6 @@ def test_health_names_the_master_in_use(
         assert bus.health()["master"] == f"127.0.0.1:{shared_sentinels.master_port()}"
 
 
-class Load:
-    """Sends one message every 10 ms from a thread, noting which sends returned and which raised."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.acknowledged: list[str] = []
-        self.refused: list[tuple[str, str]] = []  # message id, error
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-load")
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            message = Message(id=f"m-{n}", channel_id="telegram", session_id=f"s{n % 7}", content=str(n))
-            n += 1
-            try:
-                self.bus.send_inbound(message)
-                self.acknowledged.append(message.id)
-            except BusConnectionError as exc:
-                self.refused.append((message.id, str(exc)))
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(WAIT)
-
-
 def wait_for_failover(sentinels: SentinelSet, old_master: int, replicas: int = 1) -> float:
     """Wait until the sentinels settle on a master other than *old_master*; return when.
 
@@ -115,18 +79,6 @@ def wait_for_failover(sentinels: SentinelSet, old_master: int, replicas: int = 1
         time.sleep(0.05)
     sentinels.wait_until_settled(max(0.0, deadline - time.monotonic()), replicas=replicas)
     return time.monotonic()
-
-
-class Handled:
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.at: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, message: Message) -> None:
-        with self._lock:
-            self.ids.append(message.id)
-            self.at.append(time.monotonic())
 
 
 def test_fanout_carries_on_after_the_master_is_killed(sentinel_set: SentinelSet, buses: list[Bus]) -> None:

@@ -31,7 +31,7 @@ import enum
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from ..dispatch import Direction
 from ..metrics import Metrics
@@ -76,8 +76,10 @@ class ReadBack:
                 now = next(self._sequence)
                 self._awaited.update({i: _Awaited(d, c, now) for i, (d, c) in messages.items()})
 
-    def published(self, ids: Iterable[str]) -> None:
+    def published(self, ids: Collection[str]) -> None:
         """Their publish returned: a marker taken from now on judges them (after stopped(): lost)."""
+        if not ids:  # most sends: nothing of them is awaited
+            return
         with self._cond:
             now = next(self._sequence)
             for message_id in ids:

@@ -19,7 +19,8 @@ import statistics
 import threading
 
 from ..backends.redis import RedisBus
-from ..backends.redis.topology import ClusterNodes, Server, Standalone
+from ..backends.redis.options import Address
+from ..backends.redis.topology import Server, Standalone
 from ..dispatch import Direction
 from ..message import Message
 from ._measure import STALL_SECONDS, Load, now, why_lost
@@ -35,13 +36,12 @@ CHANNELS = 64
 _BATCH = 200
 
 
-def cluster_server(nodes: str) -> ClusterNodes:
-    """The cluster ``--redis-cluster-nodes`` names: ``host:port,host:port,...``."""
-    pairs = []
-    for node in nodes.split(","):
-        host, _, port = node.strip().rpartition(":")
-        pairs.append((host or "127.0.0.1", int(port)))
-    return ClusterNodes(pairs)
+def cluster_server(nodes: str) -> Server:
+    """The cluster ``--redis-cluster-nodes`` names: ``host:port,host:port,...``.
+
+    :raises ConfigError: naming what is not a ``host:port``, as for ``bus.redis_cluster_nodes``.
+    """
+    return Address(redis_cluster_nodes=[n.strip() for n in nodes.split(",")]).server()
 
 
 def paired_latency(one: Server, cluster: Server, count: int) -> tuple[list[float], list[float]]:

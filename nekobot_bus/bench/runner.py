@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._urls import redact
 from ..cli._status import EXIT_CONNECTION, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ..errors import BusConnectionError, NekobotBusError
+from ..errors import BusConnectionError, ConfigError, NekobotBusError
 
 if TYPE_CHECKING:
     from ..backends.redis.topology import Server
@@ -143,8 +143,8 @@ def _cluster_problem(nodes: str) -> tuple[str, int] | None:
         return "the Redis Cluster lines need the redis extra: pip install 'nekobot_bus[redis]'", EXIT_USAGE
     try:
         server = cluster_server(nodes)
-    except ValueError:
-        return f"--redis-cluster-nodes must be host:port,host:port,..., not {nodes!r}", EXIT_USAGE
+    except ConfigError as exc:
+        return f"--redis-cluster-nodes: {exc}", EXIT_USAGE
     return _redis_problem(server)
 
 

@@ -161,16 +161,13 @@ def _client(target: RedisTarget) -> redis.Redis:
     """A client for what tail reads: on a cluster's queue delivery, of the primary of the bus's slot."""
     import redis  # noqa: PLC0415 - the redis extra
 
-    from ..backends.redis.client import Reachability  # noqa: PLC0415
-    from ..backends.redis.cluster import ClusterRunner  # noqa: PLC0415
     from ..backends.redis.topology import ClusterNodes  # noqa: PLC0415
 
     options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": _POLL + 5, "protocol": 2}
     server = target.server
     if target.delivery == "queue" and isinstance(server, ClusterNodes):
-        runner = server.runner(Metrics(), 5.0, Reachability(), **options)
-        assert isinstance(runner, ClusterRunner)
-        return redis.Redis(connection_pool=server.slot_pool(target.keys.prefix, runner.slots, **options))
+        pool = server.slot_pool(target.keys.prefix, server.slot_map(**options), **options)
+        return redis.Redis(connection_pool=pool)
     return server.client(**options)
 
 

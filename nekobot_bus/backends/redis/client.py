@@ -144,6 +144,23 @@ def make_client(url: str, address: str, **options: Any) -> redis.Redis:
         raise ConfigError(f"redis url {address!r} is not usable: {exc}") from None
 
 
+class Backoff:
+    """The waits between retries until a deadline: jittered, doubling from *first* up to *cap*."""
+
+    def __init__(self, deadline: float, first: float, cap: float) -> None:
+        self.deadline = deadline
+        self._delay = first
+        self._cap = cap
+
+    def wait(self) -> bool:
+        """Sleep the next wait and return ``True``; ``False`` (at once) when it would pass the deadline."""
+        if time.monotonic() + self._delay > self.deadline:
+            return False
+        time.sleep(self._delay * random.uniform(0.5, 1.0))
+        self._delay = min(self._delay * 2, self._cap)
+        return True
+
+
 class RedisUnreachable(NothingSent):
     """No connection could be made: nothing was sent (unlike a connection that broke after writing)."""
 
@@ -244,7 +261,7 @@ class CommandRunner:
         """
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        delay = 0.05
+        backoff = Backoff(deadline, first=0.05, cap=1.0)
         while True:
             replies = self._with_scripts(commands, what, timeout)
             refused = [i for i, reply in enumerate(replies) if error_code(reply) == "READONLY"]
@@ -254,13 +271,11 @@ class CommandRunner:
             # not run; the connection was dropped, so the next asks for the new one.
             self._metrics.incr("connection_errors")
             self.reachability.failed()
-            if time.monotonic() + delay > deadline:
+            if not backoff.wait():
                 raise RedisUnreachable(
                     f"Redis at {self.address} answered READONLY (a replica, not the master) while "
                     f"{what}, until the deadline; nothing was written"
                 )
-            time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 1.0)
             if all(isinstance(reply, redis.ResponseError) for reply in replies):
                 # Nothing ran (a WAIT after refused writes fails too): send it all again.
                 timeout = max(0.0, deadline - time.monotonic())
@@ -298,7 +313,7 @@ class CommandRunner:
         pool = self.client.connection_pool
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        delay = 0.05
+        backoff = Backoff(deadline, first=0.05, cap=1.0)
         while True:
             try:
                 conn = take_connection(pool)
@@ -319,13 +334,11 @@ class CommandRunner:
                         f"Redis at {self.address} has been unreachable for {down:.1f} s while {what}: "
                         f"{exc}; nothing was sent"
                     ) from exc
-                if time.monotonic() + delay > deadline:
+                if not backoff.wait():
                     raise RedisUnreachable(
                         f"Redis at {self.address} unreachable for {limit} s while {what}: {exc}; "
                         "nothing was sent"
                     ) from exc
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 1.0)
                 continue
             self.reachability.reached()
             try:

@@ -33,7 +33,7 @@ from redis.crc import key_slot
 
 from ...errors import BusConnectionError
 from ...metrics import Metrics
-from .client import CommandRunner, Reachability, RedisUnreachable, Script
+from .client import Backoff, CommandRunner, Reachability, RedisUnreachable, Script
 from .compat import error_code
 
 __all__ = ["ClusterRunner", "Node", "SlotMap"]
@@ -214,26 +214,27 @@ class ClusterRunner(CommandRunner):
         timeout: float | None = None,
         allow: Collection[str] = (),
     ) -> list[Any]:
-        keyed = [i for i, command in enumerate(commands) if key_of(command) is not None]
+        keys = [key_of(command) for command in commands]
+        keyed = [i for i, key in enumerate(keys) if key is not None]
         if not keyed:
             return super().run(commands, what, timeout=timeout, allow=allow)
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        if any(self.slots.primary_of(key_of(commands[i])) is None for i in keyed):
+        if any(self.slots.primary_of(keys[i]) is None for i in keyed):
             self._refresh(deadline=deadline)  # no map yet (the first command), or a slot without a primary
-        one_node = self._one_node(commands, keyed)
+        one_node = self._one_node(keys, keyed)
         if one_node is not None and len(keyed) < len(commands):
             # Keys of one slot with keyless commands (a WAIT for the replicas of those
             # writes): the whole round trip goes to that node, in order.
-            return self._on_node(one_node, commands, what, timeout=timeout, allow=allow)
+            return self._on_node(one_node, commands, keys, what, deadline=deadline, allow=allow)
         replies: list[Any] = [None] * len(commands)
         pending: dict[int, Node | None] = dict.fromkeys(keyed)  # index -> an ASK target, if any
-        delay = 0.02
+        backoff = Backoff(deadline, first=0.02, cap=0.5)
         while True:  # the keyed commands first: a send's copies follow its messages
-            self._send_pending(commands, replies, pending, what=what, deadline=deadline, allow=allow)
+            self._send_pending(commands, keys, replies, pending, what=what, deadline=deadline, allow=allow)
             if not pending:
                 break
-            if time.monotonic() + delay > deadline:
+            if not backoff.wait():
                 done = len(keyed) - len(pending)
                 why = f"did not take {len(pending)} command(s) while {what} within {limit} s (its slots were "
                 why += "moving or had no primary)"
@@ -242,10 +243,7 @@ class ClusterRunner(CommandRunner):
                         f"Redis Cluster at {self.address} {why}; {done} other(s) of the same round did run"
                     )
                 raise RedisUnreachable(f"Redis Cluster at {self.address} {why}; nothing was sent")
-            time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 0.5)
-        keyed_set = set(keyed)
-        keyless = [i for i in range(len(commands)) if i not in keyed_set]
+        keyless = [i for i, key in enumerate(keys) if key is None]
         if keyless:
             try:
                 got = super().run([commands[i] for i in keyless], what, timeout=timeout, allow=allow)
@@ -255,25 +253,25 @@ class ClusterRunner(CommandRunner):
                 replies[i] = reply
         return replies
 
-    def _one_node(self, commands: Sequence[tuple[Any, ...]], keyed: list[int]) -> Node | None:
+    def _one_node(self, keys: Sequence[Any], keyed: list[int]) -> Node | None:
         """The node of every keyed command, when the map puts them all on one."""
-        nodes = {self.slots.primary_of(key_of(commands[i])) for i in keyed}
+        nodes = {self.slots.primary_of(keys[i]) for i in keyed}
         return nodes.pop() if len(nodes) == 1 else None
 
     def _on_node(
         self,
         node: Node,
         commands: Sequence[tuple[Any, ...]],
+        keys: Sequence[Any],
         what: str,
         *,
-        timeout: float | None,
+        deadline: float,
         allow: Collection[str],
     ) -> list[Any]:
         """*commands* in one round trip to *node*; a redirect or an unreachable node (nothing ran
         there) asks for the map again and sends them, all, to where it says."""
-        limit = self._timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        delay = 0.02
+        keyed = [i for i, key in enumerate(keys) if key is not None]
+        backoff = Backoff(deadline, first=0.02, cap=0.5)
         while True:
             started = time.monotonic()
             budget = max(0.0, min(self.NODE_CONNECT_TIMEOUT, deadline - started))
@@ -281,7 +279,6 @@ class ClusterRunner(CommandRunner):
                 replies = self.node(node).run(commands, what, timeout=budget, allow={*allow, *REDIRECTS})
             except RedisUnreachable:
                 replies = None
-            keyed = [i for i, command in enumerate(commands) if key_of(command) is not None]
             moved = [replies is not None and error_code(replies[i]) in REDIRECTS for i in keyed]
             if replies is not None and not any(moved):
                 return replies
@@ -290,18 +287,17 @@ class ClusterRunner(CommandRunner):
                     f"Redis Cluster at {self.address} moved a slot in the middle of {what}; "
                     "some of its commands ran, some did not"
                 )
-            if time.monotonic() + delay > deadline:
+            if not backoff.wait():
                 raise RedisUnreachable(
-                    f"Redis Cluster at {self.address} did not take {what} within {limit} s; nothing was sent"
+                    f"Redis Cluster at {self.address} did not take {what} in time; nothing was sent"
                 )
-            time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 0.5)
             self._refresh(started, deadline=deadline)
-            node = self._one_node(commands, keyed) or node
+            node = self._one_node(keys, keyed) or node
 
     def _send_pending(
         self,
         commands: Sequence[tuple[Any, ...]],
+        keys: Sequence[Any],
         replies: list[Any],
         pending: dict[int, Node | None],
         *,
@@ -318,7 +314,7 @@ class ClusterRunner(CommandRunner):
         by_node: dict[Node, list[int]] = {}
         stale = False
         for i, ask_target in pending.items():
-            node = ask_target or self.slots.primary_of(key_of(commands[i]))
+            node = ask_target or self.slots.primary_of(keys[i])
             if node is None:
                 stale = True
             else:

@@ -38,7 +38,7 @@ from ...errors import BusConnectionError
 from .client import CommandRunner
 from .keyspace import Keyspace
 
-__all__ = ["CHECK_SECONDS", "LEASE_SECONDS", "RENEW_SECONDS", "EveryCopies"]
+__all__ = ["CHECK_SECONDS", "LEASE_SECONDS", "RENEW_SECONDS", "SETTLE_SECONDS", "EveryCopies"]
 
 #: How stale a sender's knowledge of the listeners may be.
 CHECK_SECONDS = 0.5
@@ -47,6 +47,8 @@ CHECK_SECONDS = 0.5
 LEASE_SECONDS = 10.0
 #: How often a running listener renews its lease.
 RENEW_SECONDS = 1.0
+#: How long after a lease is set every sender copies: :data:`CHECK_SECONDS`, and a margin.
+SETTLE_SECONDS = CHECK_SECONDS + 0.05
 
 
 class EveryCopies:
@@ -101,7 +103,7 @@ class EveryCopies:
                 self._set_at.update(dict.fromkeys(added, time.monotonic()))
         with self._lock:
             newest = max((self._set_at.get(d, float("-inf")) for d in wanted), default=float("-inf"))
-        return max(0.0, newest + CHECK_SECONDS + 0.05 - time.monotonic())
+        return max(0.0, newest + SETTLE_SECONDS - time.monotonic())
 
     def renew(self) -> None:
         """Set this bus's leases again; called every :data:`RENEW_SECONDS` while it runs."""

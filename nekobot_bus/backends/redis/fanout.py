@@ -86,7 +86,7 @@ from ..read_back import NextMarker, ReadBack
 from ..start_hold import StartHold
 from .base import RedisBase
 from .cluster import ClusterRunner
-from .every import CHECK_SECONDS, EveryCopies
+from .every import SETTLE_SECONDS, EveryCopies
 from .group import GroupClaims
 from .options import FanoutOptions
 from .sharded import ShardedReader, link_maker
@@ -233,7 +233,7 @@ class RedisBus(RedisBase):
         try:
             if self._every is not None and self._every.listening():
                 self._every.renew()  # set the leases now, and let every sender see them (every.py)
-                time.sleep(CHECK_SECONDS + 0.05)
+                time.sleep(SETTLE_SECONDS)
             # unrouted ones are counted, not raised: start() is not their sender
             self._hold.release(lambda direction, batch: self._publish_batch(direction, batch, raising=False))
         except BaseException:

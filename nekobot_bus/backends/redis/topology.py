@@ -335,16 +335,6 @@ class ClusterNodes(Server):
     ) -> ClusterRunner:
         """Keyless commands go to the node in use; keyed ones to the primary of their slot."""
 
-        # Asking for the map is one small reply: a node that takes longer is not the one to ask.
-        asking = options | {
-            key: min(float(options.get(key) or _ASK_SECONDS), _ASK_SECONDS)
-            for key in ("socket_timeout", "socket_connect_timeout")
-        }
-
-        def ask(node: Node) -> Any:
-            with self.node_client(node, **asking) as client:
-                return client.execute_command("CLUSTER", "SLOTS")
-
         def runner_for(node: Node) -> CommandRunner:
             address = f"{node[0]}:{node[1]}"
             return CommandRunner(self.node_client(node, **options), address, metrics, None, Reachability())
@@ -355,9 +345,23 @@ class ClusterNodes(Server):
             metrics,
             timeout,
             reachability,
-            slots=SlotMap(self._ring.nodes, ask),
+            slots=self.slot_map(**options),
             runner_for=runner_for,
         )
+
+    def slot_map(self, **options: Any) -> SlotMap:
+        """A :class:`~.cluster.SlotMap` of this cluster, empty until asked to refresh."""
+        # Asking for the map is one small reply: a node that takes longer is not the one to ask.
+        asking = options | {
+            key: min(float(options.get(key) or _ASK_SECONDS), _ASK_SECONDS)
+            for key in ("socket_timeout", "socket_connect_timeout")
+        }
+
+        def ask(node: Node) -> Any:
+            with self.node_client(node, **asking) as client:
+                return client.execute_command("CLUSTER", "SLOTS")
+
+        return SlotMap(self._ring.nodes, ask)
 
     def in_use(self) -> str | None:
         """The ``host:port`` of the node the last connection was made to."""
