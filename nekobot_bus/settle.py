@@ -23,6 +23,7 @@ touches a network.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
@@ -32,7 +33,21 @@ from .message import Message
 if TYPE_CHECKING:
     from .dispatch import Handler
 
-__all__ = ["Acknowledge", "DeadLetter", "Gate", "Outcome", "Release", "Report", "RetryAt", "Settler"]
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "Acknowledge",
+    "DeadLetter",
+    "Gate",
+    "Outcome",
+    "Release",
+    "Report",
+    "RetryAt",
+    "RetryPolicy",
+    "Settler",
+]
+
+#: The longest wait before a retry, in seconds.
+MAX_RETRY_DELAY = 30.0
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
@@ -79,6 +94,35 @@ class Release:
 
 
 Outcome = Acknowledge | RetryAt | DeadLetter | Release
+
+
+@attrs.frozen
+class RetryPolicy:
+    """The at-least-once deliveries' policy (Redis Streams, JetStream), one rule for both.
+
+    A message whose handlers all returned is acknowledged. One whose handler
+    raised is retried after *retry_backoff*, doubled for each further retry
+    up to :data:`MAX_RETRY_DELAY`, until it has been delivered
+    *max_deliveries* times (counting earlier deliveries to other consumers);
+    then it is dead-lettered. One that found no handler (unregistered in
+    flight) is released for another consumer.
+    """
+
+    max_deliveries: int
+    retry_backoff: float
+
+    def decide(self, report: Report, deliveries: int) -> Outcome:
+        """The outcome of a message the server had delivered *deliveries* times when it came here."""
+        if not report.handled:
+            return Release("no handler here any more")
+        if not report.failures:
+            return Acknowledge()
+        delivery = deliveries + report.runs - 1
+        if delivery < self.max_deliveries:
+            delay = min(self.retry_backoff * 2 ** (report.runs - 1), MAX_RETRY_DELAY)
+            return RetryAt(time.monotonic() + delay)
+        handler, error = report.failures[-1]
+        return DeadLetter(f"{handler!r} raised {error!r} on delivery {delivery}")
 
 
 class Settler(Protocol[T_contra]):
