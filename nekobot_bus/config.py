@@ -84,7 +84,7 @@ BusFactory = Callable[[Mapping[str, Any]], Bus]
 BUILTIN_BACKENDS: Mapping[str, str] = {
     "local": "nekobot_bus.backends.local:LocalBus",
     "redis": "nekobot_bus.backends.redis:create",
-    "nats": "nekobot_bus.backends.nats:NatsBus",
+    "nats": "nekobot_bus.backends.nats:create",
 }
 
 #: Extra a backend's module needs, named in the error when its import fails.

@@ -209,6 +209,7 @@ def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
         "redis-cluster-global",
         "redis-queue-cluster",
         "nats",
+        "nats-queue",
     ]
 )
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -242,6 +243,9 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
             min_replicas_ack=1,
         ),
         "nats": lambda: nats_config(server("shared_nats")),
+        "nats-queue": lambda: nats_config(
+            server("shared_nats"), delivery="queue", claim_idle=1.0, retry_backoff=0.05, max_deliveries=1
+        ),
     }
     if request.param in remote:
         return remote[str(request.param)]()

@@ -16,7 +16,7 @@ __all__ = ["NatsServer"]
 
 
 class NatsServer:
-    """One ``nats-server`` on a free loopback port, its log in *directory*."""
+    """One ``nats-server -js`` on a free loopback port, its log and JetStream store in *directory*."""
 
     def __init__(self, directory: Path, *extra_args: str) -> None:
         binary = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
@@ -42,6 +42,7 @@ class NatsServer:
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-l", str(self.directory / "nats.log"),
+            "-js", "-sd", str(self.directory / "jetstream"),  # kept across restarts, as on a real server
             *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,7 +1,9 @@
 """An agent process of the queue-delivery tests.
 
 ``python -m tests.queue_agent ADDR PREFIX LOG [--delay S] [--dedup S] [--channels A,B]``
-joins group ``agents`` and handles every inbound message by appending
+joins group ``agents`` of the queue delivery on Redis (ADDR ``host:port``;
+PREFIX the key prefix) or JetStream (ADDR a ``nats://`` URL; PREFIX the
+subject prefix) and handles every inbound message by appending
 ``<message id> <content> <session> <time>`` to LOG, a line per message,
 flushed at once so that a SIGKILL loses nothing it wrote. It prints ``ready`` once reading and,
 at end of input, stops and prints its metrics as one JSON line.
@@ -28,22 +30,18 @@ def main() -> int:
     parser.add_argument("--channels", default="*", help="comma-separated channels to handle")
     parser.add_argument("--shards", type=int, default=0, help="shards, for session order across agents")
     args = parser.parse_args()
-    bus = create_bus(
-        {
-            "bus": {
-                "type": "redis",
-                "delivery": "queue",
-                "redis_addr": args.addr,
-                "prefix": args.prefix,
-                "group": "agents",
-                "claim_idle": 1.0,
-                "dedup_window": args.dedup,
-                "shards": args.shards,
-                "health_check_timeout": 1.0,
-            },
-            "gateway": {"message_queue_size": 1000},
+    queue = {"delivery": "queue", "group": "agents", "claim_idle": 1.0, "dedup_window": args.dedup}
+    if args.addr.startswith("nats://"):
+        server = {"type": "nats", "nats_url": args.addr, "subject_prefix": args.prefix}
+    else:
+        server = {
+            "type": "redis",
+            "redis_addr": args.addr,
+            "prefix": args.prefix,
+            "shards": args.shards,
+            "health_check_timeout": 1.0,
         }
-    )
+    bus = create_bus({"bus": server | queue, "gateway": {"message_queue_size": 1000}})
     lock = threading.Lock()
     with open(args.log, "a", encoding="utf-8") as log:
 

@@ -78,7 +78,10 @@ def publish_raw(url: str, subject: str, payloads: list[bytes]) -> None:
         ({"nats_url": "nats://h:99999"}, "the port must be a number from 1 to 65535"),
         ({"nats_url": []}, "a non-empty list of URLs"),
         ({"subject_prefix": "a.*.b"}, "bus.subject_prefix must be dot-separated NATS tokens"),
-        ({"delivery": "queue"}, "not built for NATS yet"),
+        ({"delivery": "stream"}, r"bus.delivery must be 'fanout' \(core NATS\) or 'queue' \(JetStream\)"),
+        ({"delivery": "queue", "group": "a.b"}, r"bus.group 'a.b' cannot name a JetStream consumer"),
+        ({"delivery": "queue", "claim_idle": 0}, "bus.claim_idle"),
+        ({"delivery": "fanout", "max_deliveries": 3}, r"unknown key bus.max_deliveries"),
         ({"redis_addr": "h:1"}, r"unknown key bus.redis_addr.*; bus accepts: .*nats_url"),
         ({"dispatch": "inline"}, "dispatch 'inline' is for the local bus"),
     ],
@@ -88,8 +91,9 @@ def test_a_bad_config_names_the_key(bus: dict[str, Any], message: str) -> None:
         create_bus({"bus": {"type": "nats", **bus}})
 
 
+@pytest.mark.parametrize("delivery", ["fanout", "queue"])
 def test_credentials_are_never_shown(
-    tmp_path: Path, buses: list[Bus], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, buses: list[Bus], caplog: pytest.LogCaptureFixture, delivery: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="nekobot_bus")
     server = NatsServer(tmp_path / "nats", "--user", "ann", "--pass", "right")
@@ -97,14 +101,26 @@ def test_credentials_are_never_shown(
     url = f"nats://ann:hunter2@127.0.0.1:{server.port}"
     bus = build(
         buses,
-        {"bus": {"type": "nats", "nats_url": [url, "nats://s3cr3t-token@127.0.0.1:1"], "send_timeout": 2.0}},
+        {
+            "bus": {
+                "type": "nats",
+                "delivery": delivery,
+                "nats_url": [url, "nats://s3cr3t-token@127.0.0.1:1"],
+                "send_timeout": 2.0,
+            }
+        },
     )
     try:
+        try:  # before start: held for it, or refused
+            bus.send_inbound(Message(channel_id="telegram"))
+            early = "held"
+        except BusConnectionError as exc:
+            early = str(exc)
         with pytest.raises(BusConnectionError) as raised:  # a wrong password: refused
             bus.start()
     finally:
         server.stop()
-    shown = f"{bus!r} {bus.health()} {raised.value} {caplog.text}"
+    shown = f"{bus!r} {bus.health()} {early} {raised.value} {caplog.text}"
     assert "hunter2" not in shown
     assert "s3cr3t-token" not in shown
     assert f"nats://ann@127.0.0.1:{server.port}" in repr(bus)
@@ -256,8 +272,11 @@ def test_a_paused_server_makes_sends_raise_within_send_timeout(
             nats_server.resume()
 
 
-def test_stop_is_bounded_with_the_server_down(nats_server: NatsServer, buses: list[Bus]) -> None:
-    bus = build(buses, nats_config(nats_server))
+@pytest.mark.parametrize("delivery", ["fanout", "queue"])
+def test_stop_is_bounded_with_the_server_down(
+    nats_server: NatsServer, buses: list[Bus], delivery: str
+) -> None:
+    bus = build(buses, nats_config(nats_server, delivery=delivery))
     bus.register_inbound_handler("telegram", lambda message: None)
     bus.start()
     nats_server.stop()
@@ -267,11 +286,12 @@ def test_stop_is_bounded_with_the_server_down(nats_server: NatsServer, buses: li
     assert not [t for t in threading.enumerate() if t.name.startswith("nekobot-bus-nats")]
 
 
+@pytest.mark.parametrize("delivery", ["fanout", "queue"])
 def test_a_start_that_fails_leaves_no_thread_and_a_later_start_sends_what_waited(
-    tmp_path: Path, buses: list[Bus]
+    tmp_path: Path, buses: list[Bus], delivery: str
 ) -> None:
     server = NatsServer(tmp_path / "nats")  # not started yet
-    bus = build(buses, nats_config(server, send_timeout=1.0, connect_timeout=0.2))
+    bus = build(buses, nats_config(server, send_timeout=1.0, connect_timeout=0.2, delivery=delivery))
     got = Collect()
     bus.register_inbound_handler("telegram", got)
     bus.send_inbound(Message(channel_id="telegram", content="held"))

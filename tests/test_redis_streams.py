@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +14,12 @@ import pytest
 from nekobot_bus import Bus, BusConnectionError, Direction, Message, create_bus
 from nekobot_bus.backends.redis import RedisStreamBus
 
+from .agents import PREFIX, Agent, wait_until_handled
 from .conftest import queue_config
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 20.0
-PREFIX = "nekobot:bus:"
 
 
 def new_bus(made: list[Bus], server: RedisServer, **bus: Any) -> RedisStreamBus:
@@ -397,66 +393,13 @@ def test_nothing_sent_is_lost_across_a_redis_restart_with_persistence(
         server.stop()
 
 
-class Agent:
-    """One ``tests.queue_agent`` process."""
-
-    def __init__(self, server: RedisServer, log: Path, *args: str) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.queue_agent", server.addr, PREFIX, str(log), *args],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def handled(self) -> list[str]:
-        return [line[0] for line in self.lines()]
-
-    def lines(self) -> list[list[str]]:
-        """``[id, content, session, time]`` per message handled, in handling order."""
-        if not self.log.exists():
-            return []
-        return [line.split(" ") for line in self.log.read_text().splitlines() if line]
-
-    def finish(self) -> dict[str, int]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.close()
-        out = self.proc.stdout.read()
-        assert self.proc.wait(WAIT) == 0
-        self.proc.stdout.close()
-        metrics: dict[str, int] = json.loads(out.strip().splitlines()[-1])
-        return metrics
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(WAIT)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-
-    def ensure_dead(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-
-
-def wait_until_handled(agents: list[Agent], ids: set[str], timeout: float) -> Counter[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = Counter(i for agent in agents for i in agent.handled())
-        if ids <= set(counts) or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.05)
-
-
 def test_three_agent_processes_share_10000_messages_from_two_gateways(
     redis_server: RedisServer, tmp_path: Path, buses: list[Bus]
 ) -> None:
     agents = [
-        Agent(redis_server, tmp_path / f"agent{n}.log", "--dedup", "60", "--channels", "telegram,discord")
+        Agent(
+            redis_server.addr, tmp_path / f"agent{n}.log", "--dedup", "60", "--channels", "telegram,discord"
+        )
         for n in range(3)
     ]
     try:
@@ -497,7 +440,7 @@ def test_three_agent_processes_share_10000_messages_from_two_gateways(
 def test_an_agent_killed_mid_burst_loses_nothing(
     redis_server: RedisServer, tmp_path: Path, buses: list[Bus]
 ) -> None:
-    agents = [Agent(redis_server, tmp_path / f"agent{n}.log", "--delay", "0.005") for n in range(3)]
+    agents = [Agent(redis_server.addr, tmp_path / f"agent{n}.log", "--delay", "0.005") for n in range(3)]
     try:
         gateway = new_bus(buses, redis_server)
         burst = [msg(str(n), session=f"s{n % 40}") for n in range(600)]
@@ -578,7 +521,7 @@ def test_shards_keep_session_order_when_an_agent_is_killed(
 ) -> None:
     agents = [
         Agent(
-            redis_server,
+            redis_server.addr,
             tmp_path / f"agent{n}.log",
             "--shards",
             "4",

@@ -45,7 +45,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import nats
@@ -86,9 +86,16 @@ class NatsBus(Bus):
         :class:`~nekobot_bus.DispatchOptions`, as keyword arguments.
     """
 
-    type_name = "nats"
+    delivery = "fanout"
     thread_name = "nats"
-    extra_metrics = ("sent_in", "sent_out", "decode_errors", "reconnects", "connection_errors", "lost")
+    extra_metrics: ClassVar[tuple[str, ...]] = (
+        "sent_in",
+        "sent_out",
+        "decode_errors",
+        "reconnects",
+        "connection_errors",
+        "lost",
+    )
 
     def __init__(self, nats_url: str | list[str] = DEFAULT_NATS_URL, **options: Any) -> None:
         own = {field.name for field in attrs.fields(NatsOptions)} - {"nats_url"}
@@ -127,6 +134,11 @@ class NatsBus(Bus):
     @classmethod
     def from_checked(cls, checked: NatsConfig) -> NatsBus:
         """Build from a config :func:`~.options.read_config` has read and checked."""
+        if checked.queue is not None:
+            raise ConfigError(
+                f"bus.delivery 'queue' is not what {cls.__name__} delivers ('fanout'); "
+                "create_bus() picks the class"
+            )
         options = attrs.asdict(checked.options)
         return cls(options.pop("nats_url"), **options, **attrs.asdict(checked.dispatch))
 
@@ -367,7 +379,7 @@ class NatsBus(Bus):
         self._read_back.expect(mine)  # before publishing: the loop may read it back before the call returns
         try:
             self._loop.call(self._publish(list(zip(subjects, payloads, strict=True))), self._timeout)
-        except _Unreachable as exc:
+        except Unreachable as exc:
             self._read_back.forget(mine)
             self._metrics.incr("connection_errors")
             raise NothingSent(f"NATS at {self.address} {exc}") from None
@@ -385,18 +397,26 @@ class NatsBus(Bus):
             with contextlib.suppress(TimeoutError, OSError, RuntimeError, nats.errors.Error):
                 self._loop.call(self._send_marker(), self._timeout)
 
-    async def _publish(self, pairs: list[tuple[str, bytes]]) -> None:
+    async def _wait_up(self) -> Client:
+        """The client, once connected; wait at most ``send_timeout`` for a connection that is down.
+
+        :raises Unreachable: nothing was sent.
+        """
         client, up = self._client, self._up
         if client is None or up is None:
-            raise _Unreachable("is not connected; nothing was sent")
+            raise Unreachable("is not connected; nothing was sent")
         if not up.is_set():
             down = time.monotonic() - (self._down_since or time.monotonic())
             if down > self._timeout:  # an outage, not a blip: do not make every caller wait it out
-                raise _Unreachable(f"has been unreachable for {down:.1f} s; nothing was sent")
+                raise Unreachable(f"has been unreachable for {down:.1f} s; nothing was sent")
             try:
                 await asyncio.wait_for(up.wait(), self._timeout)
             except asyncio.TimeoutError:
-                raise _Unreachable(f"unreachable for {self._timeout} s; nothing was sent") from None
+                raise Unreachable(f"unreachable for {self._timeout} s; nothing was sent") from None
+        return client
+
+    async def _publish(self, pairs: list[tuple[str, bytes]]) -> None:
+        client = await self._wait_up()
         for subject, payload in pairs:
             await client.publish(subject, payload)
         # nats-py's flush() returns at once, without a round trip, when its read loop has
@@ -431,7 +451,7 @@ class NatsBus(Bus):
         }
 
 
-class _Unreachable(Exception):
+class Unreachable(Exception):
     """Raised on the loop when no connection is there to publish on: nothing was sent."""
 
 

@@ -26,10 +26,21 @@ from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
 from .subjects import DEFAULT_SUBJECT_PREFIX
 
-__all__ = ["DEFAULT_NATS_URL", "NatsConfig", "NatsOptions", "read_config"]
+__all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_NATS_URL",
+    "JetStreamOptions",
+    "NatsConfig",
+    "NatsOptions",
+    "read_config",
+]
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 URL_SCHEMES = ("nats", "tls")
+#: The queue delivery's group when the config names none, as on Redis.
+DEFAULT_GROUP = "nekobot"
+#: What JetStream refuses in a consumer's name (the group's is part of it).
+_NOT_IN_A_NAME = frozenset(".*>/\\")
 
 
 def _servers(_instance: object, _attribute: object, value: object) -> None:
@@ -92,12 +103,50 @@ class NatsOptions:
         return [self.nats_url] if isinstance(self.nats_url, str) else list(self.nats_url)
 
 
+def _group_name(_instance: object, _attribute: object, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"bus.group must be a non-empty string, not {value!r}")
+    bad = next((c for c in value if c in _NOT_IN_A_NAME or not ("!" <= c <= "~")), None)
+    if bad is not None:
+        raise ConfigError(
+            f"bus.group {value!r} cannot name a JetStream consumer: {bad!r} is not allowed "
+            "(printable ASCII without '.', '*', '>', '/', '\\' or spaces)"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class JetStreamOptions:
+    """The queue delivery on JetStream (``delivery: "queue"``), with the Redis queue's meanings.
+
+    :param group: processes of one group share the work: each message goes
+        to one of them (a durable consumer per group and channel); another
+        group gets every message again.
+    :param claim_idle: seconds a message may be held without a sign of life
+        (JetStream's ack wait) before another member gets it; a slow handler
+        keeps its message by telling the server it is still in progress.
+    :param max_deliveries: deliveries before a failing message is dead-lettered.
+    :param retry_backoff: the first wait before a failed handler runs again, doubling.
+    :param dedup_window: seconds within which a second send of the same
+        message id is stored once (JetStream's duplicate window); ``0``: off.
+    :param max_len: messages each channel keeps in its stream; past that the
+        oldest go, read or not.
+    """
+
+    group: str = attrs.field(default=DEFAULT_GROUP, validator=_group_name)
+    claim_idle: float = attrs.field(default=30.0, converter=as_float, validator=seconds(0.1))
+    max_deliveries: int = attrs.field(default=5, validator=integer(1))
+    retry_backoff: float = attrs.field(default=0.5, converter=as_float, validator=seconds(0.0))
+    dedup_window: float = attrs.field(default=0.0, converter=as_float, validator=seconds(0.0))
+    max_len: int = attrs.field(default=100_000, validator=integer(1))
+
+
 @attrs.frozen(kw_only=True)
 class NatsConfig:
-    """Everything a config says about a NATS bus, checked."""
+    """Everything a config says about a NATS bus, checked; *queue* is set for the queue delivery."""
 
     options: NatsOptions
     dispatch: DispatchOptions
+    queue: JetStreamOptions | None = None
 
 
 def read_config(config: Mapping[str, Any]) -> NatsConfig:
@@ -108,15 +157,23 @@ def read_config(config: Mapping[str, Any]) -> NatsConfig:
     """
     bus = section(config, "bus")
     delivery = bus.get("delivery", "fanout")
-    if delivery != "fanout":
+    if delivery not in ("fanout", "queue"):
         raise ConfigError(
-            f"bus.delivery {delivery!r} is not built for NATS yet: it has 'fanout' (core NATS); "
-            "for at-least-once delivery use the Redis queue delivery meanwhile"
+            f"bus.delivery must be 'fanout' (core NATS) or 'queue' (JetStream) on NATS, not {delivery!r}"
         )
-    parts = split_section(
-        "bus",
-        bus,
-        {"nats": keys_of(NatsOptions), "dispatch": DispatchOptions.BUS_KEYS},
-        also=("type", "delivery"),
+    connection = keys_of(NatsOptions)
+    if delivery == "fanout":
+        groups = {"nats": connection, "dispatch": DispatchOptions.BUS_KEYS}
+    else:
+        queue = keys_of(JetStreamOptions)
+        groups = {
+            "nats": [k for k in connection if k not in queue],
+            "queue": queue,
+            "dispatch": DispatchOptions.BUS_KEYS,
+        }
+    parts = split_section("bus", bus, groups, also=("type", "delivery"))
+    return NatsConfig(
+        options=structure(NatsOptions, parts["nats"], "bus"),
+        dispatch=dispatch_options(config),
+        queue=structure(JetStreamOptions, parts["queue"], "bus") if "queue" in parts else None,
     )
-    return NatsConfig(options=structure(NatsOptions, parts["nats"], "bus"), dispatch=dispatch_options(config))

@@ -1,0 +1,464 @@
+"""Load-balanced delivery on JetStream: one member of a group handles each message, at least once.
+
+Each direction is a stream, ``{base}_inbound`` and ``{base}_outbound``,
+capturing the same subjects as the fan-out, ``{prefix}.inbound.{channel_id}``
+(names: :mod:`.jetstream`). Every bus that registers a handler for a channel
+joins its group's durable consumer of that channel, created at the stream's
+start on first use, so nothing sent before any consumer existed is missed.
+Within a group each message goes to one member; another group gets every
+message again.
+
+Threads and who owns them
+-------------------------
+
+As on the fan-out (:mod:`.fanout`), the loop thread owns the connection.
+On it, a :class:`~.puller.Puller` per consumer keeps pull requests open for
+as many messages as the workers have room for and offers each message, as
+it arrives, to the dispatcher of its direction; it never runs a handler.
+The workers run the handlers; the :class:`~.settle.JetStreamSettler`
+decides on the worker and carries the outcome out on the loop
+(acknowledge, retry aside, dead-letter, release), and reports the messages
+in hand in progress every ``claim_idle / 3`` seconds.
+
+``send_*`` runs in the caller's thread and waits, at most ``send_timeout``,
+for JetStream's confirmation that the stream stored the message (a
+``PubAck``); with ``dedup_window`` each message carries its id as
+``Nats-Msg-Id`` and JetStream stores a second send of it within the window
+once (counted ``duplicates``). A returned send is stored.
+
+Where a message can be when something dies
+------------------------------------------
+
+* Stored, not yet delivered: it waits in the stream for the group.
+* Delivered, not yet acknowledged (in a worker's queue, in a handler, aside
+  for a retry, or in flight to a process that died or lost its connection):
+  JetStream delivers it again after ``claim_idle`` without a sign of life,
+  to any member. A message whose acknowledgement was lost is handled twice.
+* Failed ``max_deliveries`` times: on ``{prefix}.dead.{direction}.{channel_id}``,
+  kept in the ``{base}_dead`` stream with the reason.
+* Trimmed: a channel keeps ``max_len`` messages; past that the oldest go,
+  read or not.
+* The server restarted: streams, consumers and what they hold are on its
+  disk; the pullers ask again once the client reconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from ... import codec
+from ...bus import Bus, as_direction, as_message
+from ...dispatch import Direction
+from ...errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
+from ...message import WILDCARD, Message
+from ...settle import DeadLetter, RetryPolicy
+from ..start_hold import NothingSent
+from .fanout import NatsBus, Unreachable
+from .jetstream import JetStreamNames, ensure_consumer, ensure_streams
+from .options import DEFAULT_NATS_URL, JetStreamOptions, NatsConfig, read_config
+from .puller import Puller
+from .settle import Delivery, JetStreamSettler
+from .subjects import token
+
+__all__ = ["NatsQueueBus"]
+
+logger = logging.getLogger("nekobot_bus.nats")
+
+#: How often wait_idle() and a draining stop() ask the server how far the group is.
+_POLL = 0.05
+
+
+class NatsQueueBus(NatsBus):
+    """A bus whose messages wait in JetStream streams until one member of a group has handled them.
+
+    Built by :func:`~nekobot_bus.create_bus` for ``bus.type: "nats"`` with
+    ``bus.delivery: "queue"``. Thread-safe, as every :class:`~nekobot_bus.Bus`.
+
+    :param options: the :class:`~.options.JetStreamOptions` (``group``,
+        ``claim_idle``, ``max_deliveries``, ``retry_backoff``,
+        ``dedup_window``, ``max_len``), the connection's
+        :class:`~.options.NatsOptions` and the :class:`~nekobot_bus.DispatchOptions`.
+    """
+
+    delivery = "queue"
+    thread_name = "nats-queue"
+    extra_metrics = (
+        *NatsBus.extra_metrics,
+        *(
+            f"{key}_{suffix}"
+            for key in ("acked", "ack_failed", "redelivered", "dead_lettered", "duplicates")
+            for suffix in ("in", "out")
+        ),
+    )
+    extra_gauges = ("pending_in", "pending_out")
+
+    def __init__(self, nats_url: str | list[str] = DEFAULT_NATS_URL, **options: Any) -> None:
+        mine = {field.name for field in attrs.fields(JetStreamOptions)}
+        self.queue = JetStreamOptions(**{k: v for k, v in options.items() if k in mine})
+        super().__init__(nats_url, **{k: v for k, v in options.items() if k not in mine})
+
+    @classmethod
+    def from_checked(cls, checked: NatsConfig) -> NatsQueueBus:
+        if checked.queue is None:
+            raise ConfigError("NatsQueueBus is the queue delivery: bus.delivery must be 'queue'")
+        options = attrs.asdict(checked.options)
+        del options["group"]  # the fan-out's queue group; the queue's group is its own option
+        return cls(
+            options.pop("nats_url"),
+            **options,
+            **attrs.asdict(checked.queue),
+            **attrs.asdict(checked.dispatch),
+        )
+
+    @classmethod
+    def from_config(cls, config: Any) -> Bus:
+        return cls.from_checked(read_config(config))
+
+    def _prepare_transport(self) -> None:
+        super()._prepare_transport()
+        self.group = self.queue.group
+        self.names = JetStreamNames(self.subjects)
+        self._js: JetStreamContext | None = None
+        self._pullers: dict[tuple[Direction, str], Puller] = {}  # the loop's alone
+        self._settling = JetStreamSettler(
+            self._loop,
+            self._metrics,
+            RetryPolicy(self.queue.max_deliveries, self.queue.retry_backoff),
+            claim_idle=self.queue.claim_idle,
+            dead_letter=self._file_dead_letter,
+            settled=self._top_up,
+        )
+        self._progress: asyncio.Task[None] | None = None
+
+    def _settler(self, direction: Direction) -> JetStreamSettler:
+        return self._settling
+
+    def __repr__(self) -> str:
+        prefix, group = self.subjects.prefix, self.queue.group
+        return f"<NatsQueueBus {self._state} {self.address} prefix={prefix!r} group={group!r}>"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        await super()._connect()
+        assert self._client is not None
+        self._js = self._client.jetstream(timeout=self._timeout)
+        await ensure_streams(self._js, self.names, self.queue)
+        self._progress = asyncio.get_running_loop().create_task(self._settling.keep_in_progress())
+
+    async def _on_reconnected(self) -> None:
+        await super()._on_reconnected()
+        for puller in self._pullers.values():  # requests of the old connection are gone
+            puller.reset()
+
+    def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
+        """Stop pulling; with *drain*, first let the group take what its streams hold now."""
+        if drain and self._client is not None and self._loop.loop is not None:
+            self._caught_up(deadline)
+        self._stopping.set()
+        with contextlib.suppress(Exception):  # the loop is gone already: nothing pulls
+            self._loop.call(self._stop_pullers(), max(0.1, deadline - time.monotonic()))
+        self._hold.drop_all()
+        return []
+
+    def _close_transport(self, deadline: float) -> list[threading.Thread]:
+        """Once the workers stopped: carry out what they settled, then close the connection."""
+        client = self._client
+        if client is not None:
+            try:
+                self._loop.call(self._finish(client), max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # the loop stops below whatever close() did
+                logger.warning("the NATS connection to %s did not close cleanly: %r", self.address, exc)
+        alive = self._loop.stop(max(0.1, deadline - time.monotonic()))
+        self._read_back.stopped()
+        return [alive] if alive is not None else []
+
+    async def _stop_pullers(self) -> None:
+        pullers = list(self._pullers.values())
+        self._pullers.clear()
+        for puller in pullers:
+            with contextlib.suppress(Exception):
+                await puller.stop()
+
+    async def _finish(self, client: Any) -> None:
+        await self._settling.settled()
+        if self._progress is not None:
+            self._progress.cancel()
+        with contextlib.suppress(Exception):  # acks in the client's buffer go out first
+            await client.flush(1)
+        await client.close()
+
+    # -- consumers ----------------------------------------------------------------
+
+    def _check_channel(self, channel_id: str) -> None:
+        token(channel_id)
+
+    async def _apply_subscriptions(self) -> None:
+        """Pull from the consumer of each channel with handlers here, and from no other."""
+        js = self._js
+        assert self._client is not None
+        assert js is not None
+        wanted: set[tuple[Direction, str]] = set()
+        for direction in Direction:
+            channels = self._registries[direction].channels()
+            # The wildcard's consumer covers every channel; the named ones too would deliver twice.
+            wanted |= {(direction, WILDCARD)} if WILDCARD in channels else {(direction, c) for c in channels}
+        for key in set(self._pullers) - wanted:
+            await self._pullers.pop(key).stop()
+        for direction, channel in sorted(wanted - set(self._pullers)):
+            stream = self.names.stream(direction)
+            consumer = self.names.consumer(self.queue.group, channel)
+            subject = self.subjects.messages(direction, channel)
+            await ensure_consumer(js, stream, consumer, subject, self.queue)
+            puller = Puller(
+                self._client,
+                stream,
+                consumer,
+                credit=self._credit_of(direction),
+                deliver=self._on_delivery,
+                gone=self._remake,
+            )
+            self._pullers[(direction, channel)] = puller
+            await puller.start()
+        await self._client.flush(self._flush_timeout)
+
+    def _credit_of(self, direction: Direction) -> Any:
+        dispatcher = self._dispatchers[direction]
+
+        def credit() -> int:
+            pullers = sum(1 for d, _ in self._pullers if d is direction) or 1
+            return max(0, dispatcher.room() // pullers)
+
+        return credit
+
+    def _top_up(self, direction: Direction) -> None:
+        for (way, _), puller in self._pullers.items():
+            if way is direction:
+                puller.top_up()
+
+    def _remake(self, puller: Puller) -> None:
+        async def remake() -> None:
+            key = next((k for k, p in self._pullers.items() if p is puller), None)
+            if key is None or self._stopping.is_set():
+                return
+            await self._pullers.pop(key).stop()
+            try:
+                assert self._js is not None
+                await ensure_streams(self._js, self.names, self.queue)
+                await self._apply_subscriptions()
+            except Exception as exc:  # the next reconnect or registration tries again
+                self._metrics.incr("connection_errors")
+                logger.warning("could not make the JetStream consumer %s again: %r", puller.consumer, exc)
+
+        asyncio.get_running_loop().create_task(remake())
+
+    def _on_delivery(self, msg: Msg) -> None:
+        name = self.subjects.parse(msg.subject)
+        if name is None:
+            return
+        delivery = Delivery(msg, name.direction, msg.metadata.num_delivered)
+        self._settling.took(delivery)
+        self._last_message_at = time.time()
+        try:
+            message = codec.decode(msg.data, max_size=self.max_message_size)
+        except MessageDecodeError as exc:
+            self._metrics.incr("decode_errors")
+            logger.warning("undecodable payload on %s (%d bytes): %s", msg.subject, len(msg.data), exc)
+            self._settling.carry_out(_UNDECODABLE, delivery, DeadLetter(f"undecodable: {exc}"))
+            return
+        self._dispatchers[name.direction].offer(message, delivery, len(msg.data))
+
+    async def _file_dead_letter(self, msg: Msg, direction: Direction, reason: str, deliveries: int) -> None:
+        assert self._js is not None
+        name = self.subjects.parse(msg.subject)
+        subject = self.names.dead_subject(direction, name.channel_id if name else "unknown")
+        headers = {
+            "Nekobot-Reason": reason.replace("\r", " ").replace("\n", " "),
+            "Nekobot-Deliveries": str(deliveries),
+            "Nekobot-Subject": msg.subject,
+        }
+        await self._js.publish(subject, msg.data, headers=headers)
+
+    # -- sending --------------------------------------------------------------------
+
+    def _send(self, direction: Direction, message: Message) -> None:
+        if not self._hold.released:
+            # Before start(): stored now if JetStream answers, as on the Redis queue (another
+            # member may take it); else held for start(), behind what is held already.
+            token(message.channel_id)
+            codec.encode(message, max_size=self.max_message_size)
+            unless = self._stopping.is_set
+            if not self._hold.empty and self._hold.try_hold(direction, message, unless=unless):
+                return
+            try:
+                self._store_before_start(direction, message)
+                return
+            except NothingSent:
+                if self._hold.try_hold(direction, message, unless=unless):
+                    return
+        self.send_many(direction, (message,))
+
+    def _store_before_start(self, direction: Direction, message: Message) -> None:
+        """Store *message* over a connection of its own, made and closed on a thread of its own
+        (the caller may be inside an event loop of its own), within ``send_timeout``.
+
+        :raises NothingSent: NATS could not be reached.
+        """
+        outcome: list[BaseException | None] = []
+
+        async def quiet(_error: Exception) -> None:
+            pass  # the outcome is raised to the sender instead of logged
+
+        async def store() -> None:
+            client = Client()
+            try:
+                settings: dict[str, Any] = {"connect_timeout": self.nats.connect_timeout}  # annotated int
+                await client.connect(servers=self.servers, allow_reconnect=False, error_cb=quiet, **settings)
+                js = client.jetstream(timeout=self._timeout)
+                await ensure_streams(js, self.names, self.queue)
+                await self._store(js, direction, [message])
+            finally:
+                await client.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(asyncio.wait_for(store(), self._timeout))
+                outcome.append(None)
+            except BaseException as exc:  # handed to the sender below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, name="nekobot-bus-nats-before-start", daemon=True)
+        thread.start()
+        thread.join()  # bounded by the wait_for above
+        error = outcome[0] if outcome else RuntimeError("no outcome")
+        if error is None:
+            self._metrics.incr(f"sent_{direction.suffix}")
+            return
+        if isinstance(error, (OSError, TimeoutError, nats.errors.NoServersError, nats.errors.TimeoutError)):
+            raise NothingSent(f"NATS at {self.address} is not reachable: {error!r}")
+        raise BusConnectionError(f"NATS at {self.address} did not store the message: {error!r}")
+
+    def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
+        """Store *messages* in their stream and wait for JetStream to confirm each.
+
+        :param direction: :class:`~nekobot_bus.Direction` or its name, ``"inbound"`` or ``"outbound"``.
+        :raises BusConnectionError: NATS was unreachable for ``send_timeout``
+            seconds (nothing was stored), or did not confirm within it (some
+            may be stored).
+        """
+        way = as_direction(direction)
+        batch = [as_message(m) for m in messages]
+        if self._stopping.is_set():
+            raise BusClosedError("the bus is stopped; nothing was sent")
+        self._publish_batch(way, batch)
+
+    def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
+        if not batch:
+            return
+        for message in batch:
+            token(message.channel_id)
+        try:
+            self._loop.call(self._store_when_up(direction, batch), self._timeout)
+        except Unreachable as exc:
+            self._metrics.incr("connection_errors")
+            raise NothingSent(f"NATS at {self.address} {exc}") from None
+        except (TimeoutError, OSError, RuntimeError, nats.errors.Error) as exc:
+            self._metrics.incr("connection_errors")
+            raise BusConnectionError(
+                f"JetStream at {self.address} did not confirm {len(batch)} message(s) within "
+                f"{self._timeout} s ({exc or type(exc).__name__}); some may be stored"
+            ) from None
+        self._metrics.incr(f"sent_{direction.suffix}", len(batch))
+
+    async def _store_when_up(self, direction: Direction, batch: list[Message]) -> None:
+        await self._wait_up()
+        assert self._js is not None
+        await self._store(self._js, direction, batch)
+
+    async def _store(self, js: JetStreamContext, direction: Direction, batch: list[Message]) -> None:
+        stream = self.names.stream(direction)
+        dedup = self.queue.dedup_window > 0
+        acks = await asyncio.gather(
+            *(
+                js.publish(
+                    self.subjects.messages(direction, m.channel_id),
+                    codec.encode(m, max_size=self.max_message_size),
+                    stream=stream,
+                    headers={"Nats-Msg-Id": m.id} if dedup else None,
+                )
+                for m in batch
+            )
+        )
+        duplicates = sum(1 for ack in acks if ack.duplicate)
+        if duplicates:
+            self._metrics.incr(f"duplicates_{direction.suffix}", duplicates)
+
+    # -- observing ----------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the group has taken and acknowledged everything in the channels read here.
+
+        That includes what other members of the group hold; a handler that
+        sends keeps the group busy until its messages are handled too.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if (
+                self._metrics.wait_idle(left)
+                and self._settling.wait_empty(left if left is not None else 1e9)
+                and self._group_idle(deadline)
+                and self._metrics.wait_idle(0)
+                and not len(self._settling)
+            ):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+
+    def _group_idle(self, deadline: float | None, *, delivered_only: bool = False) -> bool:
+        if not self.running:
+            return True
+        left = self._timeout if deadline is None else max(0.05, deadline - time.monotonic())
+        try:
+            return self._loop.call(self._consumers_idle(delivered_only), left)
+        except Exception:  # unknown now: not idle
+            return False
+
+    async def _consumers_idle(self, delivered_only: bool) -> bool:
+        js = self._js
+        if js is None:
+            return True
+        for puller in list(self._pullers.values()):
+            info = await js.consumer_info(puller.stream, puller.consumer)
+            if info.num_pending or (not delivered_only and info.num_ack_pending):
+                return False
+        return True
+
+    def _caught_up(self, deadline: float) -> bool:
+        """Wait until the group was given everything its streams hold now (for a draining stop)."""
+        while time.monotonic() < deadline:
+            if self._group_idle(deadline, delivered_only=True):
+                return True
+            time.sleep(_POLL)
+        self._drain_failed = True
+        return False
+
+    def health(self) -> dict[str, Any]:
+        return super().health() | {"group": self.queue.group}
+
+
+#: Stands for the message of a payload that could not be decoded, when it is dead-lettered.
+_UNDECODABLE = Message(channel_id="undecodable")
