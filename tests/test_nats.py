@@ -24,7 +24,7 @@ from nekobot_bus import (
     create_bus,
     encode,
 )
-from nekobot_bus.backends.nats import NatsBus
+from nekobot_bus.backends.nats import NatsBase
 
 from .conftest import nats_config
 from .load import Load
@@ -35,9 +35,9 @@ WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)
 
 
-def build(buses: list[Bus], config: dict[str, Any]) -> NatsBus:
+def build(buses: list[Bus], config: dict[str, Any]) -> NatsBase:
     made = create_bus(config)
-    assert isinstance(made, NatsBus)
+    assert isinstance(made, NatsBase)
     buses.append(made)
     return made
 

@@ -1,4 +1,4 @@
-"""The NATS backend's options, read from a config's ``bus`` section like the others."""
+"""The NATS backend's options (the connection, each delivery's), read from a config's ``bus`` section."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .subjects import DEFAULT_SUBJECT_PREFIX
 __all__ = [
     "DEFAULT_GROUP",
     "DEFAULT_NATS_URL",
+    "FanoutOptions",
     "JetStreamOptions",
     "NatsConfig",
     "NatsOptions",
@@ -79,9 +80,6 @@ class NatsOptions:
 
     :param nats_url: one server URL, or a list (the client picks, and fails over among them).
     :param subject_prefix: the subjects' first tokens.
-    :param group: processes of one group share the work: NATS gives each
-        message to one of them (a queue group), at most once; ``None``:
-        every process gets every message.
     :param connect_timeout: seconds one connection attempt may take.
     :param health_check_interval: seconds between the client's PINGs; two
         unanswered ones and the connection is declared dead.
@@ -92,7 +90,6 @@ class NatsOptions:
 
     nats_url: str | list[str] = attrs.field(default=DEFAULT_NATS_URL, repr=False, validator=_servers)
     subject_prefix: str = attrs.field(default=DEFAULT_SUBJECT_PREFIX, validator=text(empty=False))
-    group: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
     connect_timeout: float = attrs.field(default=2.0, converter=as_float, validator=seconds(0.01))
     health_check_interval: float = attrs.field(default=2.0, converter=as_float, validator=seconds(0.1))
     max_message_size: int = attrs.field(default=codec.DEFAULT_MAX_SIZE, validator=integer(1024))
@@ -112,6 +109,18 @@ def _group_name(_instance: object, _attribute: object, value: object) -> None:
             f"bus.group {value!r} cannot name a JetStream consumer: {bad!r} is not allowed "
             "(printable ASCII without '.', '*', '>', '/', '\\' or spaces)"
         )
+
+
+@attrs.frozen(kw_only=True)
+class FanoutOptions:
+    """The fan-out on core NATS (``delivery: "fanout"``).
+
+    :param group: processes of one group share the work: NATS gives each
+        message to one of them (a queue group), at most once; ``None``:
+        every process gets every message.
+    """
+
+    group: str | None = attrs.field(default=None, validator=attrs.validators.optional(text(empty=False)))
 
 
 @attrs.frozen(kw_only=True)
@@ -142,11 +151,11 @@ class JetStreamOptions:
 
 @attrs.frozen(kw_only=True)
 class NatsConfig:
-    """Everything a config says about a NATS bus, checked; *queue* is set for the queue delivery."""
+    """Everything a config says about a NATS bus, checked: the connection, the delivery, the dispatch."""
 
     options: NatsOptions
+    delivery: FanoutOptions | JetStreamOptions
     dispatch: DispatchOptions
-    queue: JetStreamOptions | None = None
 
 
 def read_config(config: Mapping[str, Any]) -> NatsConfig:
@@ -161,19 +170,15 @@ def read_config(config: Mapping[str, Any]) -> NatsConfig:
         raise ConfigError(
             f"bus.delivery must be 'fanout' (core NATS) or 'queue' (JetStream) on NATS, not {delivery!r}"
         )
-    connection = keys_of(NatsOptions)
-    if delivery == "fanout":
-        groups = {"nats": connection, "dispatch": DispatchOptions.BUS_KEYS}
-    else:
-        queue = keys_of(JetStreamOptions)
-        groups = {
-            "nats": [k for k in connection if k not in queue],
-            "queue": queue,
-            "dispatch": DispatchOptions.BUS_KEYS,
-        }
-    parts = split_section("bus", bus, groups, also=("type", "delivery"))
+    kind: type[FanoutOptions | JetStreamOptions] = FanoutOptions if delivery == "fanout" else JetStreamOptions
+    parts = split_section(
+        "bus",
+        bus,
+        {"nats": keys_of(NatsOptions), "delivery": keys_of(kind), "dispatch": DispatchOptions.BUS_KEYS},
+        also=("type", "delivery"),
+    )
     return NatsConfig(
         options=structure(NatsOptions, parts["nats"], "bus"),
+        delivery=structure(kind, parts["delivery"], "bus"),
         dispatch=dispatch_options(config),
-        queue=structure(JetStreamOptions, parts["queue"], "bus") if "queue" in parts else None,
     )

@@ -49,25 +49,22 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
-import attrs
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from ... import codec
-from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
-from ...errors import BusClosedError, BusConnectionError, ConfigError, MessageDecodeError
+from ...errors import BusConnectionError, MessageDecodeError
 from ...message import WILDCARD, Message
 from ...settle import DeadLetter, RetryPolicy
 from ..start_hold import NothingSent
-from .fanout import NatsBus, Unreachable
+from .base import NatsBase, Unreachable
 from .jetstream import JetStreamNames, ensure_consumer, ensure_streams
-from .options import DEFAULT_NATS_URL, JetStreamOptions, NatsConfig, read_config
+from .options import JetStreamOptions
 from .puller import Puller
 from .settle import Delivery, JetStreamSettler
 from .subjects import token
@@ -80,7 +77,7 @@ logger = logging.getLogger("nekobot_bus.nats")
 _POLL = 0.05
 
 
-class NatsQueueBus(NatsBus):
+class NatsQueueBus(NatsBase):
     """A bus whose messages wait in JetStream streams until one member of a group has handled them.
 
     Built by :func:`~nekobot_bus.create_bus` for ``bus.type: "nats"`` with
@@ -93,9 +90,10 @@ class NatsQueueBus(NatsBus):
     """
 
     delivery = "queue"
+    delivery_options = JetStreamOptions
     thread_name = "nats-queue"
-    extra_metrics = (
-        *NatsBus.extra_metrics,
+    extra_metrics: ClassVar[tuple[str, ...]] = (
+        *NatsBase.extra_metrics,
         *(
             f"{key}_{suffix}"
             for key in ("acked", "ack_failed", "redelivered", "dead_lettered", "duplicates")
@@ -104,30 +102,9 @@ class NatsQueueBus(NatsBus):
     )
     extra_gauges = ("pending_in", "pending_out")
 
-    def __init__(self, nats_url: str | list[str] = DEFAULT_NATS_URL, **options: Any) -> None:
-        mine = {field.name for field in attrs.fields(JetStreamOptions)}
-        self.queue = JetStreamOptions(**{k: v for k, v in options.items() if k in mine})
-        super().__init__(nats_url, **{k: v for k, v in options.items() if k not in mine})
-
-    @classmethod
-    def from_checked(cls, checked: NatsConfig) -> NatsQueueBus:
-        if checked.queue is None:
-            raise ConfigError("NatsQueueBus is the queue delivery: bus.delivery must be 'queue'")
-        options = attrs.asdict(checked.options)
-        del options["group"]  # the fan-out's queue group; the queue's group is its own option
-        return cls(
-            options.pop("nats_url"),
-            **options,
-            **attrs.asdict(checked.queue),
-            **attrs.asdict(checked.dispatch),
-        )
-
-    @classmethod
-    def from_config(cls, config: Any) -> Bus:
-        return cls.from_checked(read_config(config))
-
     def _prepare_transport(self) -> None:
         super()._prepare_transport()
+        self.queue: JetStreamOptions = self._delivery_options
         self.group = self.queue.group
         self.names = JetStreamNames(self.subjects)
         self._js: JetStreamContext | None = None
@@ -146,15 +123,12 @@ class NatsQueueBus(NatsBus):
         return self._settling
 
     def __repr__(self) -> str:
-        prefix, group = self.subjects.prefix, self.queue.group
-        return f"<NatsQueueBus {self._state} {self.address} prefix={prefix!r} group={group!r}>"
+        return f"{super().__repr__()[:-1]} group={self.queue.group!r}>"
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def _connect(self) -> None:
-        await super()._connect()
-        assert self._client is not None
-        self._js = self._client.jetstream(timeout=self._timeout)
+    async def _connected(self, client: Client) -> None:
+        self._js = client.jetstream(timeout=self._timeout)
         await ensure_streams(self._js, self.names, self.queue)
         self._progress = asyncio.get_running_loop().create_task(self._settling.keep_in_progress())
 
@@ -163,6 +137,9 @@ class NatsQueueBus(NatsBus):
         for puller in self._pullers.values():  # requests of the old connection are gone
             puller.reset()
 
+    def _forget_subscriptions(self) -> None:
+        self._pullers.clear()
+
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         """Stop pulling; with *drain*, first let the group take what its streams hold now."""
         if drain and self._client is not None and self._loop.loop is not None:
@@ -170,20 +147,11 @@ class NatsQueueBus(NatsBus):
         self._stopping.set()
         with contextlib.suppress(Exception):  # the loop is gone already: nothing pulls
             self._loop.call(self._stop_pullers(), max(0.1, deadline - time.monotonic()))
-        self._hold.drop_all()
         return []
 
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
         """Once the workers stopped: carry out what they settled, then close the connection."""
-        client = self._client
-        if client is not None:
-            try:
-                self._loop.call(self._finish(client), max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # the loop stops below whatever close() did
-                logger.warning("the NATS connection to %s did not close cleanly: %r", self.address, exc)
-        alive = self._loop.stop(max(0.1, deadline - time.monotonic()))
-        self._read_back.stopped()
-        return [alive] if alive is not None else []
+        return self._close(deadline, before=self._finish_settling)
 
     async def _stop_pullers(self) -> None:
         pullers = list(self._pullers.values())
@@ -192,18 +160,16 @@ class NatsQueueBus(NatsBus):
             with contextlib.suppress(Exception):
                 await puller.stop()
 
-    async def _finish(self, client: Any) -> None:
+    async def _finish_settling(self) -> None:
         await self._settling.settled()
         if self._progress is not None:
             self._progress.cancel()
-        with contextlib.suppress(Exception):  # acks in the client's buffer go out first
-            await client.flush(1)
-        await client.close()
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):  # acks in the client's buffer go out first
+                await client.flush(1)
 
     # -- consumers ----------------------------------------------------------------
-
-    def _check_channel(self, channel_id: str) -> None:
-        token(channel_id)
 
     async def _apply_subscriptions(self) -> None:
         """Pull from the consumer of each channel with handlers here, and from no other."""
@@ -350,20 +316,6 @@ class NatsQueueBus(NatsBus):
             raise NothingSent(f"NATS at {self.address} is not reachable: {error!r}")
         raise BusConnectionError(f"NATS at {self.address} did not store the message: {error!r}")
 
-    def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
-        """Store *messages* in their stream and wait for JetStream to confirm each.
-
-        :param direction: :class:`~nekobot_bus.Direction` or its name, ``"inbound"`` or ``"outbound"``.
-        :raises BusConnectionError: NATS was unreachable for ``send_timeout``
-            seconds (nothing was stored), or did not confirm within it (some
-            may be stored).
-        """
-        way = as_direction(direction)
-        batch = [as_message(m) for m in messages]
-        if self._stopping.is_set():
-            raise BusClosedError("the bus is stopped; nothing was sent")
-        self._publish_batch(way, batch)
-
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
         if not batch:
             return
@@ -457,6 +409,7 @@ class NatsQueueBus(NatsBus):
         return False
 
     def health(self) -> dict[str, Any]:
+        """As the fan-out's, and the group."""
         return super().health() | {"group": self.queue.group}
 
 
