@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import nats
 
 from nekobot_bus import Message, codec
 from nekobot_bus.cli._terminal import json_line
@@ -495,6 +498,28 @@ def test_bench_measures_nats_beside_bare_nats_py(shared_nats: NatsServer) -> Non
     assert lines["NatsBus fan-out"]["p50_us"] > 0
     assert lines["NatsBus fan-out"]["rate_per_s"] > 0
     assert [t["target"] for t in report["targets"]] == ["NATS fan-out p50 / bare nats-py pub/sub p50"]
+
+
+def test_bench_measures_the_jetstream_queue_and_leaves_no_stream(shared_nats: NatsServer) -> None:
+    done = run(
+        "bench", "--backend", "nats-queue", "--nats-url", shared_nats.url, "--count", "200", "--rounds", "1",
+        "--json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    lines = {r["name"]: r for r in report["results"]}
+    assert lines["NatsQueueBus JetStream queue"]["p50_us"] > 0
+    assert lines["NatsQueueBus queue, send_many"]["rate_per_s"] > 0
+    assert [t["target"] for t in report["targets"]] == ["NATS JetStream queue p50 / NATS fan-out p50"]
+
+    async def streams() -> list[str]:
+        client = await nats.connect(shared_nats.url)
+        try:
+            return [info.config.name or "" for info in await client.jetstream().streams_info()]
+        finally:
+            await client.close()
+
+    assert not [name for name in asyncio.run(streams()) if name.startswith("nekobot-bench")]
 
 
 def test_bench_measures_a_cluster_beside_one_redis(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 __all__ = ["BACKENDS", "DESCRIPTION", "EPILOG", "ON_REQUEST", "BenchOptions", "add_arguments", "options_from"]
 
 #: The backends ``--backend all`` (the default) measures.
-BACKENDS = ("local", "local-inline", "redis", "redis-queue", "nats")
+BACKENDS = ("local", "local-inline", "redis", "redis-queue", "nats", "nats-queue")
 #: Those measured only when asked for by name: they need servers a machine rarely has.
 ON_REQUEST = ("redis-cluster",)
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 _NEEDS = {
     "redis": frozenset({"redis", "redis-queue", "redis-cluster"}),
     "redis-cluster": frozenset({"redis-cluster"}),
-    "nats": frozenset({"nats"}),
+    "nats": frozenset({"nats", "nats-queue"}),
 }
 _NAMES = {"redis": "Redis", "redis-cluster": "Redis Cluster", "nats": "NATS"}
 
@@ -116,8 +116,12 @@ def _measure(
         lanes.append((steps_redis_cluster(options), run_redis_cluster))
     if "nats" in servers:
         from .nats_fanout import run_nats, steps_nats  # noqa: PLC0415 - the nats extra
+        from .nats_queue import run_nats_queue, steps_nats_queue  # noqa: PLC0415
 
-        lanes.append((steps_nats(options), run_nats))
+        if "nats" in options.backends:
+            lanes.append((steps_nats(options), run_nats))
+        if "nats-queue" in options.backends:
+            lanes.append((steps_nats_queue(options), run_nats_queue))
     redis_ok = "redis" in servers
     results: list[Result] = []
     ratios: dict[str, float] = {}
