@@ -20,7 +20,7 @@ nox.options.reuse_venv = "yes"
 ROOT = Path(__file__).parent
 #: The Pythons ``setup.cfg`` declares, oldest first.
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-EVERYTHING = ".[redis,nats,test,bench,flask]"
+EVERYTHING = ".[redis,nats,mqtt,test,bench,flask]"
 DOCS = ["README.rst", "CHANGES.rst", "benchmarks/README.rst", "tests/data/README.rst"]
 
 

@@ -56,7 +56,7 @@ SECTIONS = ("bus", "gateway", "redis")
 _SECTION_KEYS = {
     "bus": frozenset(
         {"type", "delivery", "workers", "send_timeout", "dispatch", "group", "prefix", "redis_prefix"}
-        | {"redis_addr", "redis_url", "redis_password", "redis_db", "redis_sentinels", "nats_url"}
+        | {"redis_addr", "redis_url", "redis_password", "redis_db", "redis_sentinels", "nats_url", "mqtt_url"}
     ),
     "gateway": frozenset({"message_queue_size"}),
     "redis": frozenset({"addr", "password", "db"}),
@@ -68,7 +68,7 @@ _MISPLACED = {
         [
             *("type", "delivery", "workers", "send_timeout", "dispatch", "group"),
             *("redis_addr", "redis_url", "redis_password", "redis_db", "redis_sentinels"),
-            *("nats_url", "subject_prefix"),
+            *("nats_url", "subject_prefix", "mqtt_url", "topic_prefix"),
         ],
         "bus",
     ),
@@ -85,10 +85,11 @@ BUILTIN_BACKENDS: Mapping[str, str] = {
     "local": "nekobot_bus.backends.local:LocalBus",
     "redis": "nekobot_bus.backends.redis:create",
     "nats": "nekobot_bus.backends.nats:create",
+    "mqtt": "nekobot_bus.backends.mqtt:create",
 }
 
 #: Extra a backend's module needs, named in the error when its import fails.
-_EXTRAS = {"redis": "redis", "nats": "nats"}
+_EXTRAS = {"redis": "redis", "nats": "nats", "mqtt": "mqtt"}
 
 _registered: dict[str, BusFactory] = {}
 _registry_lock = threading.Lock()

@@ -54,4 +54,5 @@ ensure_servers() {
     ensure_binary redis-server redis-server
     ensure_binary redis-cli redis-tools  # joins the test cluster's nodes
     ensure_binary nats-server nats-server
+    ensure_binary mosquitto mosquitto
 }

@@ -13,6 +13,7 @@ import pytest
 
 from nekobot_bus import Bus, create_bus
 
+from .mosquitto_broker import MosquittoBroker
 from .nats_server import NatsServer
 from .redis_cluster import ClusterSet
 from .redis_sentinel import MASTER_NAME, SentinelSet
@@ -109,6 +110,41 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """One mosquitto for the tests that do not harm it (each uses its own topic prefix)."""
+    broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A mosquitto of this test's own, which it may kill, pause and restart."""
+    broker = MosquittoBroker(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def mqtt_config(broker: MosquittoBroker, **bus: Any) -> dict[str, Any]:
+    """An MQTT config for *broker*, with a topic prefix of its own and a quick keepalive."""
+    return {
+        "bus": {
+            "type": "mqtt",
+            "mqtt_url": broker.url,
+            "topic_prefix": f"t{uuid.uuid4().hex[:8]}/bus",
+            "health_check_interval": 1.0,
+            **bus,
+        }
+    }
 
 
 def nats_config(server: NatsServer, **bus: Any) -> dict[str, Any]:
@@ -210,6 +246,8 @@ def cluster_config(cluster: ClusterSet, **bus: Any) -> dict[str, Any]:
         "redis-queue-cluster",
         "nats",
         "nats-queue",
+        "mqtt",
+        "mqtt-queue",
     ]
 )
 def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -243,6 +281,10 @@ def backend_config(request: pytest.FixtureRequest) -> dict[str, Any]:
             min_replicas_ack=1,
         ),
         "nats": lambda: nats_config(server("shared_nats")),
+        "mqtt": lambda: mqtt_config(server("shared_mosquitto")),
+        "mqtt-queue": lambda: mqtt_config(
+            server("shared_mosquitto"), delivery="queue", retry_backoff=0.05, max_deliveries=1
+        ),
         "nats-queue": lambda: nats_config(
             server("shared_nats"), delivery="queue", claim_idle=1.0, retry_backoff=0.05, max_deliveries=1
         ),

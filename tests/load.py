@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from nekobot_bus import Bus, BusConnectionError, Message
+from nekobot_bus import Bus, BusConnectionError, Message, UnroutedMessageError
 
 __all__ = ["Handled", "Load"]
 
@@ -32,7 +32,7 @@ class Load:
             try:
                 self.bus.send_inbound(message)
                 self.acknowledged.append(message.id)
-            except BusConnectionError as exc:
+            except (BusConnectionError, UnroutedMessageError) as exc:
                 self.refused.append((message.id, str(exc)))
             self._stop.wait(self.every)
 

@@ -2,8 +2,9 @@
 
 ``python -m tests.queue_agent ADDR PREFIX LOG [--delay S] [--dedup S] [--channels A,B]``
 joins group ``agents`` of the queue delivery on Redis (ADDR ``host:port``;
-PREFIX the key prefix) or JetStream (ADDR a ``nats://`` URL; PREFIX the
-subject prefix) and handles every inbound message by appending
+PREFIX the key prefix), JetStream (ADDR a ``nats://`` URL; PREFIX the
+subject prefix) or an MQTT shared subscription (ADDR a ``mqtt://`` URL;
+PREFIX the topic prefix; ``--client-id`` to resume a session) and handles every inbound message by appending
 ``<message id> <content> <session> <time>`` to LOG, a line per message,
 flushed at once so that a SIGKILL loses nothing it wrote. It prints ``ready`` once reading and,
 at end of input, stops and prints its metrics as one JSON line.
@@ -29,9 +30,14 @@ def main() -> int:
     parser.add_argument("--dedup", type=float, default=0.0, help="dedup_window")
     parser.add_argument("--channels", default="*", help="comma-separated channels to handle")
     parser.add_argument("--shards", type=int, default=0, help="shards, for session order across agents")
+    parser.add_argument("--client-id", default=None, help="MQTT: a client id that outlives the process")
     args = parser.parse_args()
     queue = {"delivery": "queue", "group": "agents", "claim_idle": 1.0, "dedup_window": args.dedup}
-    if args.addr.startswith("nats://"):
+    if args.addr.startswith("mqtt://"):
+        queue = {"delivery": "queue", "group": "agents"}
+        server = {"type": "mqtt", "mqtt_url": args.addr, "topic_prefix": args.prefix}
+        server["client_id"] = args.client_id
+    elif args.addr.startswith("nats://"):
         server = {"type": "nats", "nats_url": args.addr, "subject_prefix": args.prefix}
     else:
         server = {

@@ -1,0 +1,96 @@
+"""Sending on MQTT with the broker's word: confirmed (PUBACK) or not, and whether anybody subscribed.
+
+An MQTT 5 broker answers a QoS 1 PUBLISH that matched no subscription with
+the PUBACK reason code ``0x10`` (no matching subscribers): the message is
+gone. :class:`Publisher` learns that per message, so the bus counts it
+``unrouted``, and the queue delivery raises it to the sender. It also knows
+the broker's ``Maximum Packet Size`` (from its CONNACK) and refuses a larger
+message before sending it: a broker disconnects a client that sends one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from ...errors import BusConnectionError, MessageEncodeError
+from ...metrics import Metrics
+
+__all__ = ["Publisher"]
+
+#: What a PUBLISH costs past its topic and payload, at most (fixed header, id, properties).
+_PUBLISH_OVERHEAD = 64
+#: The reason code of a PUBACK for a message no subscription matched (MQTT 5).
+_NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+class Publisher:
+    """Publishes batches and waits for their PUBACKs. Thread-safe.
+
+    :param qos: 1: wait for the broker's PUBACK of each; 0: for the write only.
+    """
+
+    def __init__(self, metrics: Metrics, address: str, qos: int) -> None:
+        self._metrics = metrics
+        self._address = address
+        self._qos = qos
+        self._lock = threading.Lock()
+        self._awaited: set[int] = set()  # packet ids of sends waiting for their PUBACK
+        self._unrouted: set[int] = set()  # of those, the ones that reached no subscription
+        #: The broker's Maximum Packet Size, from its last CONNACK; 0: it named none.
+        self.broker_max = 0
+
+    def check_size(self, topic: str, payload: bytes) -> None:
+        """:raises MessageEncodeError: the broker would refuse the packet (and drop the connection)."""
+        limit = self.broker_max
+        if limit and len(topic) + len(payload) + _PUBLISH_OVERHEAD > limit:
+            raise MessageEncodeError(
+                f"a {len(payload)}-byte payload on {topic} is more than the broker at {self._address} "
+                f"takes (its Maximum Packet Size is {limit} bytes); nothing was sent"
+            )
+
+    def on_puback(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        """paho's ``on_publish``, on the network thread (it runs before the send is marked published)."""
+        if getattr(reason, "value", 0) != _NO_MATCHING_SUBSCRIBERS:
+            return
+        with self._lock:
+            if mid in self._awaited:
+                self._unrouted.add(mid)
+
+    def publish(self, client: paho.Client, pairs: list[tuple[str, bytes]], timeout: float) -> int:
+        """Publish each (topic, payload) and wait up to *timeout* for the broker to confirm all.
+
+        The lock is held from the publish to the registration of its packet
+        id, so that its PUBACK cannot be looked at before it is awaited.
+
+        :returns: how many of them reached no subscription.
+        :raises BusConnectionError: not all confirmed in time; counted as far as they were.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            infos = [client.publish(topic, payload, qos=self._qos) for topic, payload in pairs]
+            mids = {info.mid for info in infos}
+            self._awaited |= mids
+        confirmed = 0
+        try:
+            for info in infos:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                if not info.is_published():
+                    break
+                confirmed += 1
+        except (RuntimeError, ValueError) as exc:  # paho refused to queue it
+            raise BusConnectionError(f"the MQTT client did not send to {self._address}: {exc}") from None
+        finally:
+            with self._lock:
+                unrouted = len(self._unrouted & mids)
+                self._awaited -= mids
+                self._unrouted -= mids
+        if confirmed < len(pairs):
+            raise BusConnectionError(
+                f"the MQTT broker at {self._address} confirmed {confirmed} of {len(pairs)} message(s) "
+                f"within {timeout} s; the client may still send the others once reconnected"
+            )
+        return unrouted
