@@ -20,6 +20,7 @@ import nats
 from nekobot_bus import Message, codec
 from nekobot_bus.cli._terminal import json_line
 
+from .mosquitto_broker import MosquittoBroker
 from .nats_server import NatsServer
 from .redis_cluster import ClusterSet
 from .redis_server import RedisServer
@@ -520,6 +521,25 @@ def test_bench_measures_the_jetstream_queue_and_leaves_no_stream(shared_nats: Na
             await client.close()
 
     assert not [name for name in asyncio.run(streams()) if name.startswith("nekobot-bench")]
+
+
+def test_bench_measures_mqtt_beside_bare_paho(shared_mosquitto: MosquittoBroker) -> None:
+    done = run(
+        "bench", "--backend", "mqtt", "--backend", "mqtt-queue", "--mqtt-url", shared_mosquitto.url,
+        "--count", "200", "--rounds", "1", "--json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    lines = {r["name"]: r for r in report["results"]}
+    assert lines["paho-mqtt publish/subscribe (baseline)"]["p50_us"] > 0
+    assert lines["MqttBus fan-out"]["p50_us"] > 0
+    assert lines["MqttBus fan-out"]["rate_per_s"] > 0
+    assert lines["MqttBus fan-out"]["note"] == "", "the rate runs lost messages"
+    assert lines["MqttQueueBus shared subscription"]["p50_us"] > 0
+    assert [t["target"] for t in report["targets"]] == [
+        "MQTT fan-out p50 / bare paho-mqtt pub/sub p50",
+        "MQTT shared-subscription queue p50 / MQTT fan-out p50",
+    ]
 
 
 def test_bench_measures_a_cluster_beside_one_redis(

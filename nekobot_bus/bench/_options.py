@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 __all__ = ["BACKENDS", "DESCRIPTION", "EPILOG", "ON_REQUEST", "BenchOptions", "add_arguments", "options_from"]
 
 #: The backends ``--backend all`` (the default) measures.
-BACKENDS = ("local", "local-inline", "redis", "redis-queue", "nats", "nats-queue")
+BACKENDS = ("local", "local-inline", "redis", "redis-queue", "nats", "nats-queue", "mqtt", "mqtt-queue")
 #: Those measured only when asked for by name: they need servers a machine rarely has.
 ON_REQUEST = ("redis-cluster",)
 
@@ -31,6 +31,7 @@ class BenchOptions:
     rounds: int = 5
     redis_url: str = "redis://127.0.0.1:6379/0"
     nats_url: str = "nats://127.0.0.1:4222"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
     redis_cluster_nodes: str = "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
     scaling: bool = False
 
@@ -87,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the NATS to measure against (default: %(default)s)",
     )
     parser.add_argument(
+        "--mqtt-url",
+        default="mqtt://127.0.0.1:1883",
+        help="the MQTT broker to measure against (default: %(default)s)",
+    )
+    parser.add_argument(
         "--redis-cluster-nodes",
         default="127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
         help="--backend redis-cluster: some nodes of the cluster, host:port,... (default: %(default)s); "
@@ -120,6 +126,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         rounds=args.rounds,
         redis_url=args.redis_url,
         nats_url=args.nats_url,
+        mqtt_url=args.mqtt_url,
         redis_cluster_nodes=args.redis_cluster_nodes,
         scaling=args.scaling,
     )

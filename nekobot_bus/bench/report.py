@@ -25,6 +25,8 @@ TARGETS = [
     ("queue_rate_vs_fanout", "Redis queue send_many rate / fan-out send_many rate", 0.2, "min"),
     ("nats_p50_vs_bare", "NATS fan-out p50 / bare nats-py pub/sub p50", 1.5, "max"),
     ("nats_queue_p50_vs_fanout", "NATS JetStream queue p50 / NATS fan-out p50", 3.0, "max"),
+    ("mqtt_p50_vs_bare", "MQTT fan-out p50 / bare paho-mqtt pub/sub p50", 1.5, "max"),
+    ("mqtt_queue_p50_vs_fanout", "MQTT shared-subscription queue p50 / MQTT fan-out p50", 3.0, "max"),
     ("cluster_p50_vs_redis", "Redis Cluster fan-out p50 / one Redis fan-out p50", 1.5, "max"),
     ("cluster_rate_vs_redis", "Redis Cluster send_many rate / one Redis send_many rate", 0.5, "min"),
 ]

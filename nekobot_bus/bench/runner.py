@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 "backends": sorted(options.backends),
                 "redis_url": redact(options.redis_url),
                 "nats_url": redact(options.nats_url),
+                "mqtt_url": redact(options.mqtt_url),
             },
             "results": [r.summary() for r in results],
             "targets": targets,
@@ -63,8 +64,9 @@ _NEEDS = {
     "redis": frozenset({"redis", "redis-queue", "redis-cluster"}),
     "redis-cluster": frozenset({"redis-cluster"}),
     "nats": frozenset({"nats", "nats-queue"}),
+    "mqtt": frozenset({"mqtt", "mqtt-queue"}),
 }
-_NAMES = {"redis": "Redis", "redis-cluster": "Redis Cluster", "nats": "NATS"}
+_NAMES = {"redis": "Redis", "redis-cluster": "Redis Cluster", "nats": "NATS", "mqtt": "MQTT"}
 
 
 def _servers(args: argparse.Namespace, options: BenchOptions) -> frozenset[str] | int:
@@ -73,6 +75,7 @@ def _servers(args: argparse.Namespace, options: BenchOptions) -> frozenset[str] 
         "redis": lambda: _redis_problem(options.redis_url),
         "redis-cluster": lambda: _cluster_problem(options.redis_cluster_nodes),
         "nats": lambda: _nats_problem(options.nats_url),
+        "mqtt": lambda: _mqtt_problem(options.mqtt_url),
     }
     available: set[str] = set()
     left_out: set[str] = set()
@@ -122,6 +125,10 @@ def _measure(
             lanes.append((steps_nats(options), run_nats))
         if "nats-queue" in options.backends:
             lanes.append((steps_nats_queue(options), run_nats_queue))
+    if "mqtt" in servers:
+        from .mqtt import run_mqtt, steps_mqtt  # noqa: PLC0415 - the mqtt extra
+
+        lanes.append((steps_mqtt(options), run_mqtt))
     redis_ok = "redis" in servers
     results: list[Result] = []
     ratios: dict[str, float] = {}
@@ -174,4 +181,14 @@ def _nats_problem(url: str) -> tuple[str, int] | None:
     except ImportError:
         return "the NATS lines need the nats extra: pip install 'nekobot_bus[nats]'", EXIT_USAGE
     problem = nats_problem(url)
+    return None if problem is None else (problem, EXIT_CONNECTION)
+
+
+def _mqtt_problem(url: str) -> tuple[str, int] | None:
+    """Why the MQTT lines cannot run, and the exit status that says so; ``None`` when they can."""
+    try:
+        from .mqtt import mqtt_problem  # noqa: PLC0415 - needs the mqtt extra
+    except ImportError:
+        return "the MQTT lines need the mqtt extra: pip install 'nekobot_bus[mqtt]'", EXIT_USAGE
+    problem = mqtt_problem(url)
     return None if problem is None else (problem, EXIT_CONNECTION)
