@@ -162,12 +162,14 @@ class NatsBase(Bus):
     ) -> list[threading.Thread]:
         """Close the connection (after awaiting ``before()``, if given) and stop the loop, by *deadline*."""
         client = self._client
+        if client is None:  # never started, or a start that failed closed what it opened
+            self._hold.drop_all()
+            return []
 
         async def close() -> None:
             if before is not None:
                 await before()
-            if client is not None:  # with the server down, close() cancels the reconnecting and returns
-                await client.close()
+            await client.close()  # with the server down, close() cancels the reconnecting and returns
 
         try:
             self._loop.call(close(), max(0.1, deadline - time.monotonic()))

@@ -312,7 +312,9 @@ class NatsQueueBus(NatsBase):
         if error is None:
             self._metrics.incr(f"sent_{direction.suffix}")
             return
-        if isinstance(error, (OSError, TimeoutError, nats.errors.NoServersError, nats.errors.TimeoutError)):
+        # asyncio's TimeoutError is not the builtin one before Python 3.11.
+        timeouts = (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError)
+        if isinstance(error, (OSError, nats.errors.NoServersError, *timeouts)):
             raise NothingSent(f"NATS at {self.address} is not reachable: {error!r}")
         raise BusConnectionError(f"NATS at {self.address} did not store the message: {error!r}")
 
