@@ -7,7 +7,7 @@ import time
 
 from nekobot_bus import Bus, BusConnectionError, Message, UnroutedMessageError
 
-__all__ = ["Handled", "Load"]
+__all__ = ["Handled", "Load", "wait_for_metric"]
 
 
 class Load:
@@ -57,3 +57,11 @@ class Handled:
         with self._lock:
             self.ids.append(message.id)
             self.at.append(time.monotonic())
+
+
+def wait_for_metric(bus: Bus, key: str, at_least: int, timeout: float = 20.0) -> None:
+    """Wait until *bus*'s metric *key* is at least *at_least*; fail the test if it never is."""
+    deadline = time.monotonic() + timeout
+    while bus.get_metrics()[key] < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bus.get_metrics()[key] >= at_least, f"{key} never reached {at_least}"

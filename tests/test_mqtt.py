@@ -29,7 +29,7 @@ from nekobot_bus.backends.mqtt import MqttBase
 
 from .agents import Agent, wait_until_handled
 from .conftest import mqtt_config
-from .load import Handled, Load
+from .load import Handled, Load, wait_for_metric
 from .mosquitto_broker import MosquittoBroker
 
 WAIT = 20.0
@@ -445,3 +445,54 @@ def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_acknowledged
         reasons[letter.payload[:8]] = properties["nekobot-reason"]
     assert any("cannot handle poison" in r and "on delivery 3" in r for r in reasons.values())
     assert reasons[b"not json"].startswith("undecodable")
+
+
+def test_senders_meet_no_deadlock_when_the_broker_says_nobody_subscribed(
+    shared_mosquitto: MosquittoBroker, buses: list[Bus]
+) -> None:
+    """paho calls on_publish under its own lock, which publish() takes: the bus's PUBACK
+    bookkeeping must not hold a lock of its own across publish(), or the two wait for each other."""
+    bus = build(buses, mqtt_config(shared_mosquitto, send_timeout=5.0))
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            for _ in range(150):
+                bus.send_inbound(msg())  # nobody subscribes: every PUBACK says 0x10
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    with bus:
+        senders = [threading.Thread(target=send, name=f"sender-{n}") for n in range(8)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(WAIT)
+        assert not [s for s in senders if s.is_alive()], "senders hang"
+    assert not errors
+    assert (bus.get_metrics()["sent_in"], bus.get_metrics()["unrouted"]) == (1200, 1200)
+
+
+def test_messages_whose_handlers_went_away_do_not_hold_the_brokers_window(
+    shared_mosquitto: MosquittoBroker, buses: list[Bus]
+) -> None:
+    """Receive Maximum is the workers' room (2 here): a message that found no handler is
+    acknowledged, counted no_handler, or two of them would stop the broker sending for good."""
+    config = mqtt_config(shared_mosquitto, delivery="queue", workers=1)
+    config["gateway"] = {"message_queue_size": 2}
+    bus, gateway = build(buses, config), build(buses, config)
+    gate = threading.Event()
+    got = Collect()
+    bus.register_inbound_handler("telegram", lambda message: gate.wait(WAIT))
+    with bus, gateway:
+        gateway.send_many(Direction.INBOUND, [msg(str(n)) for n in range(4)])
+        wait_for_metric(bus, "queue_depth", 2)
+        bus.unregister_inbound_handlers("telegram")
+        gate.set()
+        assert bus.wait_idle(WAIT)
+        bus.register_inbound_handler("telegram", got)
+        gateway.send_many(Direction.INBOUND, [msg("after 1"), msg("after 2")])
+        assert got.wait_for(2), "the broker stopped sending: its window is full of unacknowledged messages"
+    m = bus.get_metrics()
+    assert m["no_handler_in"] >= 1
+    assert m["handled_in"] + m["no_handler_in"] == m["messages_in"]

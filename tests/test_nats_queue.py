@@ -16,6 +16,7 @@ from nekobot_bus.backends.nats import NatsQueueBus
 
 from .agents import Agent, wait_until_handled
 from .conftest import nats_config
+from .load import Load, wait_for_metric
 from .nats_server import NatsServer
 
 WAIT = 20.0
@@ -233,9 +234,7 @@ def test_a_handler_slower_than_claim_idle_keeps_its_message(
     slow.register_inbound_handler("telegram", slow_got)
     with slow:
         slow.send_inbound(msg("slow"))
-        deadline = time.monotonic() + WAIT
-        while slow.get_metrics()["pending_in"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_metric(slow, "pending_in", 1)
         other.register_inbound_handler("telegram", other_got)
         with other:
             assert slow.wait_idle(WAIT)
@@ -323,9 +322,7 @@ def test_unregistering_gives_held_messages_back_to_the_group(
     staying.register_inbound_handler("telegram", got)
     with leaving:
         leaving.send_many(Direction.INBOUND, [msg(str(n)) for n in range(20)])
-        deadline = time.monotonic() + WAIT
-        while leaving.get_metrics()["pending_in"] < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_metric(leaving, "pending_in", 20)
         leaving.unregister_inbound_handlers("telegram")
         gate.set()
         with staying:
@@ -334,3 +331,45 @@ def test_unregistering_gives_held_messages_back_to_the_group(
     m = leaving.get_metrics()
     assert m["handled_in"] + len(got.contents) >= 20
     assert m["pending_in"] == 0
+
+
+def test_a_message_on_no_channels_subject_is_dead_lettered_not_redelivered_for_ever(
+    shared_nats: NatsServer, buses: list[Bus]
+) -> None:
+    prefix = new_prefix()
+    bus = queue_bus(buses, shared_nats, prefix, claim_idle=0.5)
+    got = Collect()
+    bus.register_inbound_handler("*", got)  # its consumer reads prefix.inbound.>, "a.b" too
+    with bus:
+        publish_raw(shared_nats.url, f"{prefix}.inbound.a.b", codec.encode(msg("stray")))
+        bus.send_inbound(msg("fine"))
+        assert got.wait_for(1)
+        time.sleep(1.0)  # two ack waits: a stray left unsettled would have come again
+        assert bus.wait_idle(WAIT)
+    m = bus.get_metrics()
+    assert got.contents == ["fine"]
+    assert (m["decode_errors"], m["dead_lettered_in"], m["acked_in"]) == (1, 1, 1)
+    [(subject, _, headers)] = read_stream(shared_nats.url, bus.names.dead_stream)
+    assert subject == f"{prefix}.dead.inbound.unknown"
+    assert headers["Nekobot-Subject"] == f"{prefix}.inbound.a.b"
+
+
+def test_a_draining_stop_under_steady_traffic_keeps_time_for_the_workers(
+    shared_nats: NatsServer, buses: list[Bus]
+) -> None:
+    prefix = new_prefix()
+    agent = queue_bus(buses, shared_nats, prefix)
+    gateway = queue_bus(buses, shared_nats, prefix)
+    got = Collect(delay=0.002)
+    agent.register_inbound_handler("telegram", got)
+    with gateway:
+        agent.start()
+        with Load(gateway, every=0.001):
+            time.sleep(0.5)
+            started = time.monotonic()
+            assert agent.stop(timeout=3.0), "the workers were not left time to finish"
+            took = time.monotonic() - started
+    assert took < 3.5
+    m = agent.get_metrics()
+    assert m["dropped_in"] == 0
+    assert m["handled_in"] == m["acked_in"] == len(got.contents)

@@ -13,19 +13,13 @@ from nekobot_bus import Bus, ConfigError, Message, create_bus, encode
 from nekobot_bus.backends.redis import RedisStreamBus
 
 from .conftest import queue_config
+from .load import wait_for_metric
 from .redis_server import RedisServer
 from .test_redis_streams import WAIT, Recorder, msg, new_bus
 
 
 def stream(direction: str = "inbound", channel: str = "telegram") -> str:
     return f"nekobot:bus:{direction}:{channel}"
-
-
-def wait_for_metric(bus: Bus, key: str, at_least: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while bus.get_metrics()[key] < at_least and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert bus.get_metrics()[key] >= at_least, f"{key} never reached {at_least}"
 
 
 def test_a_failing_sessions_retry_does_not_hold_back_other_sessions(

@@ -2,7 +2,10 @@
 
 - :mod:`.topics`: the topics, ``{prefix}/inbound/{channel_id}``, built and read in one place.
 - :mod:`.options`: the options of both deliveries, and reading a config.
-- :mod:`.base`: :class:`MqttBase`, the client, its network thread, subscriptions and sends.
+- :mod:`.client`: a paho client built from the options.
+- :mod:`.base`: :class:`MqttBase`, the connection on paho's network thread,
+  with :mod:`.subscriptions` (what it subscribes to, SUBACKs awaited) and
+  :mod:`.publish` (sends confirmed by PUBACK, ``unrouted``).
 - :mod:`.fanout`: :class:`MqttBus`, every subscribed process gets each message.
 - :mod:`.queue`: :class:`MqttQueueBus`, one member of a group (a shared
   subscription) handles each message.

@@ -30,13 +30,15 @@ every reconnect; one with ``client_id`` resumes that session at start too.
 
 ``wait_idle()`` sends a marker to a topic of its own (QoS 1) and waits for
 it to come back: the broker passes one client's messages on in order, so by
-then every message this bus sent before has reached its subscribers, and
-those that came here are in the dispatcher; then it waits for the workers.
+then what this bus sent before and came back to it is in its dispatcher;
+then it waits for the workers. It knows nothing of other processes: on the
+queue delivery, what another member of the group took is that member's.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import threading
 import time
@@ -47,7 +49,6 @@ from typing import Any, ClassVar
 import attrs
 import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ... import codec
 from ..._urls import redact
@@ -59,6 +60,7 @@ from ..start_hold import NothingSent, StartHold
 from .client import CONNECT, connect_in_background, new_client, new_properties, no_delay
 from .options import DEFAULT_MQTT_URL, MqttConfig, MqttOptions, read_config
 from .publish import Publisher
+from .subscriptions import Subscriptions
 from .topics import Topics, level
 
 __all__ = ["MqttBase"]
@@ -104,9 +106,10 @@ class MqttBase(Bus):
         self._down_since: float | None = None
         self._refused: str | None = None  # why the broker refused the last CONNECT
         self._connects = 0
+        #: Changes at every connect and every disconnect: a packet id is valid only within one.
+        self.connection = 0
         self._publisher = Publisher(self._metrics, self.address, self.mqtt.qos)
-        self._awaited: set[int] = set()  # packet ids of (UN)SUBSCRIBEs whose answer is awaited
-        self._held: set[str] = set()  # filters subscribed on the connection now
+        self._subscriptions = Subscriptions(self._state_changed, self._metrics, self.address, self.mqtt.qos)
         self._marker_topic = self.topics.marker(uuid.uuid4().hex)
         self._markers_sent = 0
         self._markers_back = 0
@@ -163,7 +166,7 @@ class MqttBase(Bus):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_subscribe = client.on_unsubscribe = self._on_suback
+        client.on_subscribe = client.on_unsubscribe = self._subscriptions.on_suback
         client.on_publish = self._publisher.on_puback
         properties = new_properties(CONNECT)
         self._connect_properties(properties)
@@ -179,6 +182,8 @@ class MqttBase(Bus):
             why = f"it refused the connection: {refused}" if refused else "no connection within the time"
             raise BusConnectionError(f"could not connect to the MQTT broker at {self.address}: {why}")
         try:
+            # The connect subscribed without waiting; a message sent from now on must be received.
+            self._confirm_subscriptions(self._timeout)
             self._hold.release(self._publish_batch)
         except BaseException:
             self._abandon_start()
@@ -191,14 +196,19 @@ class MqttBase(Bus):
             client.disconnect()
             client.loop_stop()
         with self._state_changed:
-            self._up, self._refused, self._held = False, None, set()
+            self._up, self._refused = False, None
+            self._subscriptions.forget()
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
-        """With *drain*, let what this bus sent arrive first; then subscribe to nothing more."""
-        if drain and self._client is not None and not self._round_trip(deadline):
+        """With *drain*, let what this bus sent arrive first (for at most half the time left, so the
+        workers and the disconnect keep theirs); then subscribe to nothing more."""
+        half = time.monotonic() + (deadline - time.monotonic()) / 2
+        if drain and self._client is not None and not self._round_trip(half):
             self._drain_failed = True
         self._stopping.set()
-        self._subscribe_to(set(), max(0.1, min(1.0, deadline - time.monotonic())))
+        self._subscribe_to(set())
+        with contextlib.suppress(BusConnectionError):  # the broker is away: nothing comes anyway
+            self._confirm_subscriptions(max(0.1, min(1.0, deadline - time.monotonic())))
         self._hold.drop_all()
         return []
 
@@ -226,9 +236,10 @@ class MqttBase(Bus):
         no_delay(client)
         with self._state_changed:
             self._connects += 1
+            self.connection += 1
             again = self._connects > 1
             self._up, self._down_since, self._refused = True, None, None
-            self._held = set()
+            self._subscriptions.forget()
             self._state_changed.notify_all()
         if again:
             self._metrics.incr("reconnects")
@@ -243,6 +254,8 @@ class MqttBase(Bus):
         with self._state_changed:
             was_up = self._up
             self._up = False
+            if was_up:
+                self.connection += 1  # packet ids of the old connection mean nothing any more
             if self._down_since is None:
                 self._down_since = time.monotonic()
             self._state_changed.notify_all()  # nobody waits for an answer this connection will not bring
@@ -251,11 +264,6 @@ class MqttBase(Bus):
             logger.warning(
                 "lost the connection to the MQTT broker at %s (%s); reconnecting", self.address, reason
             )
-
-    def _on_suback(self, _client: paho.Client, _userdata: Any, mid: int, _codes: Any, _props: Any) -> None:
-        with self._state_changed:
-            self._awaited.discard(mid)
-            self._state_changed.notify_all()
 
     def _on_message(self, client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         if msg.topic == self._marker_topic:
@@ -287,45 +295,22 @@ class MqttBase(Bus):
         return wanted
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:
-        if self.running and not self._subscribe_to(self._wanted(), self._timeout):
-            raise BusConnectionError(
-                f"the MQTT broker at {self.address} did not confirm the subscription change within "
-                f"{self._timeout} s; the bus subscribes again once it is connected"
-            )
+        if self.running:
+            self._subscribe_to(self._wanted())
+            self._confirm_subscriptions(self._timeout)
+
+    def _confirm_subscriptions(self, timeout: float) -> None:
+        self._subscriptions.confirm(timeout, lambda: self._up)
 
     def _resubscribe(self) -> None:
         """On the network thread, after a connect: subscribe to what is wanted, without waiting."""
         if not self._stopping.is_set():
-            self._subscribe_to(self._wanted(), None)
+            self._subscribe_to(self._wanted())
 
-    def _subscribe_to(self, wanted: set[str], timeout: float | None) -> bool:
-        """Make the connection's subscriptions *wanted*; wait up to *timeout* for the broker's answers.
-
-        The lock is held from the (un)subscribe to the registration of its
-        packet id, so that an answer cannot come before it is awaited (paho's
-        calls here only queue a packet; its callbacks do not run under them).
-        """
+    def _subscribe_to(self, wanted: set[str]) -> None:
         client = self._client
-        if client is None:
-            return False
-        with self._state_changed:
-            if not self._up:
-                return False
-            add, drop = sorted(wanted - self._held), sorted(self._held - wanted)
-            self._held = set(wanted)
-            sent = []
-            if add:
-                options = SubscribeOptions(qos=self.mqtt.qos)
-                sent.append(client.subscribe([(topic, options) for topic in add])[1])
-            if drop:
-                sent.append(client.unsubscribe(drop)[1])
-            mids = {mid for mid in sent if mid is not None}
-            if timeout is None or not mids:
-                return len(mids) == len(sent)
-            self._awaited |= mids
-            answered = self._state_changed.wait_for(lambda: not self._awaited & mids or not self._up, timeout)
-            self._awaited -= mids
-            return answered and self._up
+        if client is not None:
+            self._subscriptions.change(client, wanted, lambda: self._up)
 
     # -- sending ------------------------------------------------------------------
 
@@ -423,7 +408,7 @@ class MqttBase(Bus):
             )
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until what this bus sent has reached its subscribers and every taken message is finished."""
+        """Wait until what this bus sent to itself arrived and every message it took is finished."""
         deadline = time.monotonic() + (1e9 if timeout is None else timeout)
         if self.running and not self._round_trip(deadline):
             return False

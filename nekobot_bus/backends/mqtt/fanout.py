@@ -10,8 +10,9 @@ message as soon as the bus took it, before the handlers ran, so a message
 the process dies holding is gone (at most once past the broker). A burst the
 workers cannot keep up with waits in memory up to ``intake_bytes``; past
 that it is counted ``dropped``. A payload that is not a message is counted
-``decode_errors``. MQTT does not tell a publisher whether anybody listened,
-so there is no ``unrouted`` count. With QoS 0 the broker confirms nothing
+``decode_errors``. With QoS 1 the broker's PUBACK says when no
+subscription matched a message: the sender counts it ``unrouted``
+(``raise_on_unrouted`` raises it). With QoS 0 the broker confirms nothing
 and keeps nothing.
 """
 

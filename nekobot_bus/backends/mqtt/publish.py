@@ -3,9 +3,16 @@
 An MQTT 5 broker answers a QoS 1 PUBLISH that matched no subscription with
 the PUBACK reason code ``0x10`` (no matching subscribers): the message is
 gone. :class:`Publisher` learns that per message, so the bus counts it
-``unrouted``, and the queue delivery raises it to the sender. It also knows
-the broker's ``Maximum Packet Size`` (from its CONNACK) and refuses a larger
-message before sending it: a broker disconnects a client that sends one.
+``unrouted`` (and, with ``raise_on_unrouted``, raises it to the sender). It
+also knows the broker's ``Maximum Packet Size`` (from its CONNACK) and
+refuses a larger message before sending it: a broker disconnects a client
+that sends one.
+
+No lock of ours is held across a paho call: paho calls ``on_publish`` with
+its own outgoing-message lock held, which ``publish()`` takes too, so a lock
+held across both would deadlock. Each PUBACK marks or unmarks its packet id
+instead, before paho marks the send published: the sender reads the mark
+of its own packet ids after it saw them published.
 """
 
 from __future__ import annotations
@@ -37,9 +44,8 @@ class Publisher:
         self._metrics = metrics
         self._address = address
         self._qos = qos
-        self._lock = threading.Lock()
-        self._awaited: set[int] = set()  # packet ids of sends waiting for their PUBACK
-        self._unrouted: set[int] = set()  # of those, the ones that reached no subscription
+        self._lock = threading.Lock()  # guards the set only, never held across a paho call
+        self._unrouted: set[int] = set()  # packet ids whose latest PUBACK said: no subscription
         #: The broker's Maximum Packet Size, from its last CONNACK; 0: it named none.
         self.broker_max = 0
 
@@ -54,26 +60,21 @@ class Publisher:
 
     def on_puback(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
         """paho's ``on_publish``, on the network thread (it runs before the send is marked published)."""
-        if getattr(reason, "value", 0) != _NO_MATCHING_SUBSCRIBERS:
-            return
         with self._lock:
-            if mid in self._awaited:
+            if getattr(reason, "value", 0) == _NO_MATCHING_SUBSCRIBERS:
                 self._unrouted.add(mid)
+            else:  # a packet id is used again: its newest PUBACK is the one that counts
+                self._unrouted.discard(mid)
 
     def publish(self, client: paho.Client, pairs: list[tuple[str, bytes]], timeout: float) -> int:
         """Publish each (topic, payload) and wait up to *timeout* for the broker to confirm all.
 
-        The lock is held from the publish to the registration of its packet
-        id, so that its PUBACK cannot be looked at before it is awaited.
-
         :returns: how many of them reached no subscription.
-        :raises BusConnectionError: not all confirmed in time; counted as far as they were.
+        :raises BusConnectionError: not all confirmed in time (paho may still send the
+            others once reconnected).
         """
         deadline = time.monotonic() + timeout
-        with self._lock:
-            infos = [client.publish(topic, payload, qos=self._qos) for topic, payload in pairs]
-            mids = {info.mid for info in infos}
-            self._awaited |= mids
+        infos = [client.publish(topic, payload, qos=self._qos) for topic, payload in pairs]
         confirmed = 0
         try:
             for info in infos:
@@ -81,16 +82,20 @@ class Publisher:
                 if not info.is_published():
                     break
                 confirmed += 1
-        except (RuntimeError, ValueError) as exc:  # paho refused to queue it
-            raise BusConnectionError(f"the MQTT client did not send to {self._address}: {exc}") from None
-        finally:
-            with self._lock:
-                unrouted = len(self._unrouted & mids)
-                self._awaited -= mids
-                self._unrouted -= mids
+        except (RuntimeError, ValueError) as exc:  # paho could not queue it (it may keep a QoS 1 one)
+            raise BusConnectionError(
+                f"the MQTT client did not send to {self._address} ({exc}); "
+                "it may still send a QoS 1 message once reconnected"
+            ) from None
         if confirmed < len(pairs):
             raise BusConnectionError(
                 f"the MQTT broker at {self._address} confirmed {confirmed} of {len(pairs)} message(s) "
                 f"within {timeout} s; the client may still send the others once reconnected"
             )
+        if self._qos == 0:
+            return 0
+        mids = {info.mid for info in infos}
+        with self._lock:
+            unrouted = len(self._unrouted & mids)
+            self._unrouted -= mids
         return unrouted

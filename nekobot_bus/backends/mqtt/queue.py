@@ -36,7 +36,7 @@ from ... import codec
 from ...dispatch import Direction
 from ...errors import MessageDecodeError
 from ...message import Message
-from ...settle import Acknowledge, DeadLetter, Outcome, Report, RetryAt, RetryPolicy, Settler
+from ...settle import DeadLetter, Outcome, Release, Report, RetryAt, RetryPolicy, Settler
 from .base import MqttBase
 from .client import PUBLISH, new_properties
 from .options import QueueOptions
@@ -99,7 +99,7 @@ class MqttQueueBus(MqttBase):
     def _received(self, client: paho.Client, msg: paho.MQTTMessage, direction: Direction) -> None:
         payload = bytes(msg.payload)
         deliveries = 2 if msg.dup else 1  # MQTT tells only whether it was sent before
-        delivery = Delivery(msg.mid, msg.qos, self._connects, direction, deliveries, payload, msg.topic)
+        delivery = Delivery(msg.mid, msg.qos, self.connection, direction, deliveries, payload, msg.topic)
         try:
             message = codec.decode(payload, max_size=self.max_message_size)
         except MessageDecodeError as exc:
@@ -121,7 +121,14 @@ class MqttQueueBus(MqttBase):
         self._settle(ticket, outcome)
 
     def _settle(self, ticket: Delivery, outcome: Outcome) -> None:
-        """Acknowledge, or dead-letter and acknowledge; a release leaves it in the session, unacknowledged."""
+        """Acknowledge; or dead-letter and acknowledge; or, released, acknowledge unless stopping.
+
+        MQTT cannot give a message back to the group: one that found no
+        handler here (unregistered in flight) is acknowledged, counted
+        ``no_handler`` already, so it does not hold one of the broker's
+        ``Receive Maximum`` slots for ever; one released by a stop stays in
+        the session, for this client id to get again.
+        """
         suffix = ticket.direction.suffix
         client = self._client
         if isinstance(outcome, DeadLetter) and client is not None:
@@ -140,19 +147,21 @@ class MqttQueueBus(MqttBase):
                 return  # not acknowledged: the broker sends it again with the session
             self._metrics.incr(f"dead_lettered_{suffix}")
             logger.warning("message on %s dead-lettered: %s", ticket.topic, outcome.reason)
-        elif not isinstance(outcome, Acknowledge):
+        elif (isinstance(outcome, Release) and self._stopping.is_set()) or isinstance(outcome, RetryAt):
             return
         if ticket.qos == 0:
-            self._count_ack(suffix, paho.MQTT_ERR_SUCCESS)
             return
-        if client is None or ticket.connection != self._connects:
+        with self._state_changed:
+            current = client is not None and ticket.connection == self.connection and self._up
+        if not current:
             # Its packet id belongs to a connection that is gone: the broker sends the
             # message again on the resumed session, and it is handled again.
             self._metrics.incr(f"ack_failed_{suffix}")
             return
-        self._count_ack(suffix, client.ack(ticket.mid, ticket.qos))
-
-    def _count_ack(self, suffix: str, rc: Any) -> None:
+        assert client is not None
+        rc = client.ack(ticket.mid, ticket.qos)
+        if isinstance(outcome, Release):
+            return  # counted no_handler by the dispatcher
         self._metrics.incr(f"acked_{suffix}" if rc == paho.MQTT_ERR_SUCCESS else f"ack_failed_{suffix}")
 
     def health(self) -> dict[str, Any]:

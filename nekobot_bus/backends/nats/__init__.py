@@ -6,9 +6,9 @@
 - :mod:`.base`: :class:`NatsBase`, the connection and lifecycle both deliveries share.
 - :mod:`.fanout`: :class:`NatsBus`, every subscribed process (or one member
   of a queue group) gets each message, at most once, on core NATS.
-- :mod:`.jetstream`, :mod:`.puller`, :mod:`.settle` and :mod:`.queue`:
-  :class:`NatsQueueBus`, one member of a group handles each message, at
-  least once, on JetStream.
+- :mod:`.jetstream`, :mod:`.puller`, :mod:`.settle`, :mod:`.group_state`,
+  :mod:`.one_shot` and :mod:`.queue`: :class:`NatsQueueBus`, one member of
+  a group handles each message, at least once, on JetStream.
 """
 
 from collections.abc import Mapping

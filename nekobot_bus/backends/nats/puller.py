@@ -10,8 +10,10 @@ answers it with a status, the next one goes out.
 JetStream sends a message under its own subject, so the puller cannot tell
 which request it answers; hence one request at a time. Each request has a
 reply subject of its own (``{inbox}.{n}``), so a status reply settles the
-right one: ``404``/``408`` (no messages, or the request expired) and
-``409`` (the consumer refused it) end it; ``100`` is a heartbeat. A request
+right one: ``404``/``408`` (no messages, or the request expired) end it and
+the next goes out; a refusal (``409``, ``400``) ends it and the next goes
+out half a second later; ``503`` or a deleted consumer calls *gone*;
+``100`` is a heartbeat. A request
 is also given up ``expires`` + 1 s after it was made, in case its status
 reply was lost with a connection: the puller never stops asking. A message
 the server sent to a request given up still arrives through the same
@@ -40,6 +42,8 @@ logger = logging.getLogger("nekobot_bus.nats")
 EXPIRES = 5.0
 #: Most messages one request asks for.
 MAX_BATCH = 256
+#: Seconds to wait before asking again after the server refused a request.
+_REFUSED_WAIT = 0.5
 
 
 class Puller:
@@ -136,19 +140,20 @@ class Puller:
         if status == "100":  # an idle heartbeat
             return
         self._end(msg.subject)
-        if status == "409":
-            description = (msg.headers or {}).get("Description", "")
-            if "Deleted" in description:
-                logger.warning("JetStream consumer %s was deleted; making it again", self.consumer)
-                self._gone(self)
-                return
-            logger.debug("JetStream consumer %s refused a pull request: %s", self.consumer, description)
-        elif status not in ("404", "408"):
-            logger.warning("JetStream answered a pull request to %s with status %s", self.consumer, status)
-            if status == "503":  # no JetStream behind the subject, or it lost the consumer
-                self._gone(self)
-                return
-        self.top_up()
+        if status in ("404", "408"):  # nothing there, or the request expired: ask again
+            self.top_up()
+            return
+        description = (msg.headers or {}).get("Description", "")
+        if status == "503" or (status == "409" and "Deleted" in description):
+            logger.warning(
+                "JetStream lost the consumer %s (%s %s); making it again", self.consumer, status, description
+            )
+            self._gone(self)
+            return
+        # Refused (409: too many waiting requests, a leader change; 400: a bad request): ask
+        # again a moment later, not at once, or a lasting refusal would spin the loop.
+        logger.debug("JetStream refused a pull request to %s: %s %s", self.consumer, status, description)
+        asyncio.get_running_loop().call_later(_REFUSED_WAIT, self.top_up)
 
     async def _tick(self) -> None:
         while True:

@@ -62,8 +62,10 @@ from ...errors import BusConnectionError, MessageDecodeError
 from ...message import WILDCARD, Message
 from ...settle import DeadLetter, RetryPolicy
 from ..start_hold import NothingSent
+from . import group_state
 from .base import NatsBase, Unreachable
 from .jetstream import JetStreamNames, ensure_consumer, ensure_streams
+from .one_shot import run_once
 from .options import JetStreamOptions
 from .puller import Puller
 from .settle import Delivery, JetStreamSettler
@@ -118,6 +120,7 @@ class NatsQueueBus(NatsBase):
             settled=self._top_up,
         )
         self._progress: asyncio.Task[None] | None = None
+        self._applying: asyncio.Lock | None = None  # made on the loop, which it belongs to
 
     def _settler(self, direction: Direction) -> JetStreamSettler:
         return self._settling
@@ -151,7 +154,9 @@ class NatsQueueBus(NatsBase):
 
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
         """Once the workers stopped: carry out what they settled, then close the connection."""
-        return self._close(deadline, before=self._finish_settling)
+        alive = self._close(deadline, before=self._finish_settling)
+        self._settling.abandon()
+        return alive
 
     async def _stop_pullers(self) -> None:
         pullers = list(self._pullers.values())
@@ -172,7 +177,18 @@ class NatsQueueBus(NatsBase):
     # -- consumers ----------------------------------------------------------------
 
     async def _apply_subscriptions(self) -> None:
-        """Pull from the consumer of each channel with handlers here, and from no other."""
+        """Pull from the consumer of each channel with handlers here, and from no other.
+
+        One change at a time (registrations from several threads, a consumer
+        made again): two interleaved at an ``await`` would both start a puller
+        for one channel, and one would pull on, unseen, after ``stop()``.
+        """
+        if self._applying is None:
+            self._applying = asyncio.Lock()
+        async with self._applying:
+            await self._apply_now()
+
+    async def _apply_now(self) -> None:
         js = self._js
         assert self._client is not None
         assert js is not None
@@ -215,26 +231,48 @@ class NatsQueueBus(NatsBase):
                 puller.top_up()
 
     def _remake(self, puller: Puller) -> None:
+        """The server lost *puller*'s consumer: make the streams and consumers again, retrying
+        (1 s, doubling up to 10 s) until it works or the bus stops."""
+
         async def remake() -> None:
             key = next((k for k, p in self._pullers.items() if p is puller), None)
-            if key is None or self._stopping.is_set():
+            if key is None:
                 return
             await self._pullers.pop(key).stop()
-            try:
-                assert self._js is not None
-                await ensure_streams(self._js, self.names, self.queue)
-                await self._apply_subscriptions()
-            except Exception as exc:  # the next reconnect or registration tries again
-                self._metrics.incr("connection_errors")
-                logger.warning("could not make the JetStream consumer %s again: %r", puller.consumer, exc)
+            wait = 1.0
+            while not self._stopping.is_set():
+                try:
+                    assert self._js is not None
+                    await ensure_streams(self._js, self.names, self.queue)
+                    await self._apply_subscriptions()
+                    return
+                except Exception as exc:  # the server is away or busy: again, later
+                    self._metrics.incr("connection_errors")
+                    logger.warning(
+                        "could not make the JetStream consumer %s again (%r); trying again in %.0f s",
+                        puller.consumer,
+                        exc,
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 10.0)
 
         asyncio.get_running_loop().create_task(remake())
 
     def _on_delivery(self, msg: Msg) -> None:
         name = self.subjects.parse(msg.subject)
-        if name is None:
+        if name is None:  # captured by a stream ("prefix.inbound.a.b") but no channel's subject
+            way = Direction.OUTBOUND if ".outbound." in msg.subject else Direction.INBOUND
+            stray = Delivery(msg, way, msg.metadata.num_delivered)
+            self._settling.took(stray)
+            self._metrics.incr("decode_errors")
+            logger.warning("a message on %s is on no channel's subject; dead-lettered", msg.subject)
+            self._settling.carry_out(
+                _UNDECODABLE, stray, DeadLetter(f"not a channel's subject: {msg.subject}")
+            )
             return
-        delivery = Delivery(msg, name.direction, msg.metadata.num_delivered)
+        direction = name.direction
+        delivery = Delivery(msg, direction, msg.metadata.num_delivered)
         self._settling.took(delivery)
         self._last_message_at = time.time()
         try:
@@ -244,7 +282,7 @@ class NatsQueueBus(NatsBase):
             logger.warning("undecodable payload on %s (%d bytes): %s", msg.subject, len(msg.data), exc)
             self._settling.carry_out(_UNDECODABLE, delivery, DeadLetter(f"undecodable: {exc}"))
             return
-        self._dispatchers[name.direction].offer(message, delivery, len(msg.data))
+        self._dispatchers[direction].offer(message, delivery, len(msg.data))
 
     async def _file_dead_letter(self, msg: Msg, direction: Direction, reason: str, deliveries: int) -> None:
         assert self._js is not None
@@ -277,46 +315,26 @@ class NatsQueueBus(NatsBase):
         self.send_many(direction, (message,))
 
     def _store_before_start(self, direction: Direction, message: Message) -> None:
-        """Store *message* over a connection of its own, made and closed on a thread of its own
-        (the caller may be inside an event loop of its own), within ``send_timeout``.
+        """Store *message* over a connection of its own (:mod:`.one_shot`), within ``send_timeout``.
 
         :raises NothingSent: NATS could not be reached.
         """
-        outcome: list[BaseException | None] = []
 
-        async def quiet(_error: Exception) -> None:
-            pass  # the outcome is raised to the sender instead of logged
+        async def prepare(js: JetStreamContext) -> None:
+            await ensure_streams(js, self.names, self.queue)
 
-        async def store() -> None:
-            client = Client()
-            try:
-                settings: dict[str, Any] = {"connect_timeout": self.nats.connect_timeout}  # annotated int
-                await client.connect(servers=self.servers, allow_reconnect=False, error_cb=quiet, **settings)
-                js = client.jetstream(timeout=self._timeout)
-                await ensure_streams(js, self.names, self.queue)
-                await self._store(js, direction, [message])
-            finally:
-                await client.close()
+        async def send(js: JetStreamContext) -> None:
+            await self._store(js, direction, [message])
 
-        def run() -> None:
-            try:
-                asyncio.run(asyncio.wait_for(store(), self._timeout))
-                outcome.append(None)
-            except BaseException as exc:  # handed to the sender below
-                outcome.append(exc)
-
-        thread = threading.Thread(target=run, name="nekobot-bus-nats-before-start", daemon=True)
-        thread.start()
-        thread.join()  # bounded by the wait_for above
-        error = outcome[0] if outcome else RuntimeError("no outcome")
-        if error is None:
-            self._metrics.incr(f"sent_{direction.suffix}")
-            return
-        # asyncio's TimeoutError is not the builtin one before Python 3.11.
-        timeouts = (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError)
-        if isinstance(error, (OSError, nats.errors.NoServersError, *timeouts)):
-            raise NothingSent(f"NATS at {self.address} is not reachable: {error!r}")
-        raise BusConnectionError(f"NATS at {self.address} did not store the message: {error!r}")
+        run_once(
+            self.servers,
+            self.address,
+            connect_timeout=self.nats.connect_timeout,
+            timeout=self._timeout,
+            prepare=prepare,
+            send=send,
+        )
+        self._metrics.incr(f"sent_{direction.suffix}")
 
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
         if not batch:
@@ -382,30 +400,42 @@ class NatsQueueBus(NatsBase):
                 return False
             time.sleep(_POLL)
 
-    def _group_idle(self, deadline: float | None, *, delivered_only: bool = False) -> bool:
-        if not self.running:
+    def _group_idle(self, deadline: float | None) -> bool:
+        js = self._js
+        if not self.running or js is None:
             return True
         left = self._timeout if deadline is None else max(0.05, deadline - time.monotonic())
         try:
-            return self._loop.call(self._consumers_idle(delivered_only), left)
+            return self._loop.call(group_state.idle(js, self._pullers.values()), left)
         except Exception:  # unknown now: not idle
             return False
 
-    async def _consumers_idle(self, delivered_only: bool) -> bool:
-        js = self._js
-        if js is None:
-            return True
-        for puller in list(self._pullers.values()):
-            info = await js.consumer_info(puller.stream, puller.consumer)
-            if info.num_pending or (not delivered_only and info.num_ack_pending):
-                return False
-        return True
-
     def _caught_up(self, deadline: float) -> bool:
-        """Wait until the group was given everything its streams hold now (for a draining stop)."""
-        while time.monotonic() < deadline:
-            if self._group_idle(deadline, delivered_only=True):
-                return True
+        """Wait until each consumer read here was given what it had pending when the stop began.
+
+        Against a snapshot, not the live count, so traffic that goes on does
+        not hold the stop; and for at most half the time left, so the workers
+        keep time to finish what they were given.
+        """
+        until = time.monotonic() + (deadline - time.monotonic()) / 2
+        js = self._js
+        assert js is not None  # set by the connect, which a drain follows
+        try:
+            targets = self._loop.call(
+                group_state.delivery_targets(js, self._pullers.values()),
+                max(0.05, until - time.monotonic()),
+            )
+        except Exception:  # the server is away: nothing more comes anyway
+            self._drain_failed = True
+            return False
+        while time.monotonic() < until:
+            try:
+                if self._loop.call(
+                    group_state.delivered_past(js, targets), max(0.05, until - time.monotonic())
+                ):
+                    return True
+            except Exception:
+                break
             time.sleep(_POLL)
         self._drain_failed = True
         return False

@@ -17,9 +17,11 @@ and carries it out on the loop, so no worker waits for the network:
 
 Every ``claim_idle / 3`` seconds each delivery in hand is reported in
 progress (``+WPI``), so a slow handler or a retry's wait is not taken for
-a dead consumer. An acknowledgement that cannot be sent (the connection is
-gone) is counted ``ack_failed``; the server delivers the message again
-after ``claim_idle``, and it is handled again: at least once.
+a dead consumer. Acknowledgements are not confirmed by the server: one the
+client could not even queue (its connection closed) is counted
+``ack_failed``; one it queued while reconnecting goes out once it is back,
+and may come after the server delivered the message again (``claim_idle``
+later). Either way the message may be handled twice: at least once.
 """
 
 from __future__ import annotations
@@ -102,6 +104,15 @@ class JetStreamSettler:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    def abandon(self) -> None:
+        """After the loop stopped: what is still in hand is not settled here (``ack_failed``);
+        the server delivers it again after ``claim_idle``."""
+        with self._lock:
+            left = list(self._held)
+        for delivery in left:
+            self._metrics.incr(f"ack_failed_{delivery.direction.suffix}")
+            self._let_go(delivery)
 
     def wait_empty(self, timeout: float) -> bool:
         """Wait until nothing is in hand (every outcome was carried out)."""
