@@ -90,6 +90,7 @@ def test_third_party_backends_can_be_registered() -> None:
         ({"bus": {"type": "local"}, "redis_password": "x"}, r"redis_password belongs under 'bus'"),
         ({"bus": {"redis_addr": "h:6379"}}, r"bus.type is 'local' when not given: add \"type\": \"redis\""),
         ({"bus": {"nats_url": "nats://h"}}, r"add \"type\": \"nats\""),
+        ({"bus": {"mqtt_url": "mqtt://h"}}, r"add \"type\": \"mqtt\""),
         ({"bus": {"type": "local", "wokers": 2}}, r"did you mean bus\.workers\?\)"),
     ],
 )

@@ -307,3 +307,34 @@ def test_a_start_that_fails_leaves_no_thread_and_a_later_start_sends_what_waited
     finally:
         server.stop()
     assert got.contents == ["held"]
+
+
+def test_a_slow_consumer_past_its_limits_counts_what_it_drops(
+    shared_nats: NatsServer, buses: list[Bus]
+) -> None:
+    """A burst larger than the subscription may hold for busy workers (intake_bytes, which is
+    also the client's pending limit): each message is handled or counted dropped, none is silent."""
+    config = nats_config(shared_nats, intake_bytes=8192, workers=1)
+    prefix = config["bus"]["subject_prefix"]
+    receiver = build(buses, config)
+    sender = build(buses, nats_config(shared_nats, subject_prefix=prefix))
+    handled: list[str] = []
+
+    def slow(message: Message) -> None:
+        time.sleep(0.002)
+        handled.append(message.content)
+
+    receiver.register_inbound_handler("telegram", slow)
+    burst = [Message(channel_id="telegram", content=str(n) + "x" * 200) for n in range(1000)]
+    with receiver, sender:
+        sender.send_many("inbound", burst)
+        deadline = time.monotonic() + WAIT
+        m = receiver.get_metrics()
+        while m["handled_in"] + m["dropped_in"] < len(burst) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            m = receiver.get_metrics()
+        assert receiver.wait_idle(WAIT)
+    m = receiver.get_metrics()
+    assert m["dropped_in"] > 0, "the burst fit: the test proves nothing"
+    assert m["handled_in"] + m["dropped_in"] == m["messages_in"] == len(burst)
+    assert len(handled) == m["handled_in"]

@@ -25,7 +25,6 @@ class LocalBus(Bus):
     process. Thread-safe, as every :class:`~nekobot_bus.Bus`.
     """
 
-    type_name = "local"
     thread_name = "local"
 
     def _send(self, direction: Direction, message: Message) -> None:
@@ -34,9 +33,10 @@ class LocalBus(Bus):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalBus:
         bus = section(config, "bus")
-        remote = sorted(k for k in bus if k.startswith(("redis_", "nats_")) or k == "delivery")
+        remote = sorted(k for k in bus if k.startswith(("redis_", "nats_", "mqtt_")) or k == "delivery")
         if remote and "type" not in bus:  # the type forgotten: a local bus would ignore them all
-            wanted = "nats" if any(k.startswith("nats_") for k in remote) else "redis"
+            named = {k.partition("_")[0] for k in remote} & {"nats", "mqtt"}
+            wanted = named.pop() if len(named) == 1 else "redis"
             raise ConfigError(
                 f"bus.{remote[0]} is for a remote bus, but bus.type is 'local' when not given: "
                 f'add "type": "{wanted}" to bus'
