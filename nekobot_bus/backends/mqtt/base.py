@@ -5,7 +5,7 @@ Threads and who owns them
 
 paho-mqtt 2.x runs the connection on a network thread of its own
 (``paho-mqtt-client-{client_id}``), started by ``start()`` and joined by
-``stop()``. It connects, reconnects (forever, with a backoff from 0.5 s to
+``stop()``. It connects, reconnects (forever, with a backoff from 1 s to
 10 s; each loss counted ``connection_errors``, each return ``reconnects``),
 keeps the connection alive and runs the callbacks, which decode each
 message and offer it to the dispatcher of its direction without waiting;

@@ -33,7 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 
 from ... import codec
-from ...dispatch import Direction
+from ...dispatch import MESSAGE_OVERHEAD, Direction
 from ...errors import MessageDecodeError
 from ...message import Message
 from ...settle import DeadLetter, Outcome, Release, Report, RetryAt, RetryPolicy, Settler
@@ -94,7 +94,10 @@ class MqttQueueBus(MqttBase):
         return f"$share/{self.group}/{self.topics.messages(direction, channel_id)}"
 
     def _connect_properties(self, properties: Properties) -> None:
-        properties.ReceiveMaximum = max(1, min(65535, self.queue_size * self.workers))
+        # No more unacknowledged messages than the workers have room for, nor than the intake
+        # holds at the largest size: then the intake never overflows, and nothing is dropped.
+        fits = self.mqtt.intake_bytes // (self.max_message_size + MESSAGE_OVERHEAD)
+        properties.ReceiveMaximum = max(1, min(65535, self.queue_size * self.workers, fits))
 
     def _received(self, client: paho.Client, msg: paho.MQTTMessage, direction: Direction) -> None:
         payload = bytes(msg.payload)
