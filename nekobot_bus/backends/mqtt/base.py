@@ -46,7 +46,6 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-import attrs
 import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 
@@ -56,6 +55,7 @@ from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, BusConnectionError, ConfigError, UnroutedMessageError
 from ...message import WILDCARD, Message
+from ..remote_options import build_remote, split_options
 from ..start_hold import NothingSent, StartHold
 from .client import CONNECT, connect_in_background, new_client, new_properties, no_delay
 from .options import DEFAULT_MQTT_URL, MqttConfig, MqttOptions, read_config
@@ -85,11 +85,10 @@ class MqttBase(Bus):
     )
 
     def __init__(self, mqtt_url: str = DEFAULT_MQTT_URL, **options: Any) -> None:
-        own = {field.name for field in attrs.fields(MqttOptions)} - {"mqtt_url"}
-        mine = {field.name for field in attrs.fields(self.delivery_options)}
-        self.mqtt = MqttOptions(mqtt_url=mqtt_url, **{k: v for k, v in options.items() if k in own})
-        self._delivery_options = self.delivery_options(**{k: v for k, v in options.items() if k in mine})
-        super().__init__(**{k: v for k, v in options.items() if k not in own | mine})
+        own, mine, rest = split_options(options, MqttOptions, self.delivery_options)
+        self.mqtt = MqttOptions(mqtt_url=mqtt_url, **own)
+        self._delivery_options = self.delivery_options(**mine)
+        super().__init__(**rest)
         if self.dispatch != "threaded":
             raise ConfigError("dispatch 'inline' is for the local bus; the MQTT thread never runs handlers")
 
@@ -125,18 +124,7 @@ class MqttBase(Bus):
     @classmethod
     def from_checked(cls, checked: MqttConfig) -> Bus:
         """Build from a config :func:`~.options.read_config` has read and checked."""
-        if not isinstance(checked.delivery, cls.delivery_options):
-            raise ConfigError(
-                f"bus.delivery is not what {cls.__name__} delivers ({cls.delivery!r}); "
-                "create_bus() picks the class"
-            )
-        options = attrs.asdict(checked.options)
-        return cls(
-            options.pop("mqtt_url"),
-            **options,
-            **attrs.asdict(checked.delivery),
-            **attrs.asdict(checked.dispatch),
-        )
+        return build_remote(cls, checked, "mqtt_url")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state} {self.address} prefix={self.topics.prefix!r}>"

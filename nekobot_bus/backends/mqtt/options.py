@@ -10,21 +10,16 @@ import attrs
 
 from ... import codec
 from ..._options import (
-    DispatchOptions,
     as_float,
-    dispatch_options,
     flag,
     integer,
-    keys_of,
     seconds,
-    section,
-    split_section,
-    structure,
     text,
 )
 from ..._urls import redact
 from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
+from ..remote_options import RemoteConfig, read_remote
 from .topics import DEFAULT_TOPIC_PREFIX
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_MQTT_URL", "MqttConfig", "MqttOptions", "QueueOptions", "read_config"]
@@ -124,13 +119,8 @@ class QueueOptions:
     retry_backoff: float = attrs.field(default=0.5, converter=as_float, validator=seconds(0.0))
 
 
-@attrs.frozen(kw_only=True)
-class MqttConfig:
-    """Everything a config says about an MQTT bus, checked: the connection, the delivery, the dispatch."""
-
-    options: MqttOptions
-    delivery: FanoutOptions | QueueOptions
-    dispatch: DispatchOptions
+#: Everything a config says about an MQTT bus, checked.
+MqttConfig = RemoteConfig[MqttOptions]
 
 
 def read_config(config: Mapping[str, Any]) -> MqttConfig:
@@ -139,21 +129,5 @@ def read_config(config: Mapping[str, Any]) -> MqttConfig:
     :raises ConfigError: naming the key, the rule and the value; for a key
         the backend does not use, naming every key it accepts.
     """
-    bus = section(config, "bus")
-    delivery = bus.get("delivery", "fanout")
-    if delivery not in ("fanout", "queue"):
-        raise ConfigError(
-            f"bus.delivery must be 'fanout' or 'queue' (a shared subscription) on MQTT, not {delivery!r}"
-        )
-    kind: type[FanoutOptions | QueueOptions] = FanoutOptions if delivery == "fanout" else QueueOptions
-    parts = split_section(
-        "bus",
-        bus,
-        {"mqtt": keys_of(MqttOptions), "delivery": keys_of(kind), "dispatch": DispatchOptions.BUS_KEYS},
-        also=("type", "delivery"),
-    )
-    return MqttConfig(
-        options=structure(MqttOptions, parts["mqtt"], "bus"),
-        delivery=structure(kind, parts["delivery"], "bus"),
-        dispatch=dispatch_options(config),
-    )
+    deliveries = {"fanout": FanoutOptions, "queue": QueueOptions}
+    return read_remote(config, MqttOptions, deliveries, "'fanout' or 'queue' (a shared subscription) on MQTT")

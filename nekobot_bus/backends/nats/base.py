@@ -30,7 +30,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
-import attrs
 import nats
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
@@ -40,6 +39,7 @@ from ...bus import Bus, as_direction, as_message
 from ...dispatch import Direction
 from ...errors import BusClosedError, BusConnectionError, ConfigError
 from ...message import Message
+from ..remote_options import build_remote, split_options
 from ..start_hold import StartHold
 from .loop import LoopThread
 from .options import DEFAULT_NATS_URL, NatsConfig, NatsOptions, read_config
@@ -73,11 +73,10 @@ class NatsBase(Bus):
     )
 
     def __init__(self, nats_url: str | list[str] = DEFAULT_NATS_URL, **options: Any) -> None:
-        own = {field.name for field in attrs.fields(NatsOptions)} - {"nats_url"}
-        mine = {field.name for field in attrs.fields(self.delivery_options)}
-        self.nats = NatsOptions(nats_url=nats_url, **{k: v for k, v in options.items() if k in own})
-        self._delivery_options = self.delivery_options(**{k: v for k, v in options.items() if k in mine})
-        super().__init__(**{k: v for k, v in options.items() if k not in own | mine})
+        own, mine, rest = split_options(options, NatsOptions, self.delivery_options)
+        self.nats = NatsOptions(nats_url=nats_url, **own)
+        self._delivery_options = self.delivery_options(**mine)
+        super().__init__(**rest)
         if self.dispatch != "threaded":
             raise ConfigError("dispatch 'inline' is for the local bus; the NATS loop never runs handlers")
 
@@ -105,18 +104,7 @@ class NatsBase(Bus):
     @classmethod
     def from_checked(cls, checked: NatsConfig) -> Bus:
         """Build from a config :func:`~.options.read_config` has read and checked."""
-        if not isinstance(checked.delivery, cls.delivery_options):
-            raise ConfigError(
-                f"bus.delivery is not what {cls.__name__} delivers ({cls.delivery!r}); "
-                "create_bus() picks the class"
-            )
-        options = attrs.asdict(checked.options)
-        return cls(
-            options.pop("nats_url"),
-            **options,
-            **attrs.asdict(checked.delivery),
-            **attrs.asdict(checked.dispatch),
-        )
+        return build_remote(cls, checked, "nats_url")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state} {self.address} prefix={self.subjects.prefix!r}>"

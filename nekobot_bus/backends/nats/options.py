@@ -10,20 +10,15 @@ import attrs
 
 from ... import codec
 from ..._options import (
-    DispatchOptions,
     as_float,
-    dispatch_options,
     integer,
-    keys_of,
     seconds,
-    section,
-    split_section,
-    structure,
     text,
 )
 from ..._urls import redact
 from ...dispatch import DEFAULT_INTAKE_BYTES
 from ...errors import ConfigError
+from ..remote_options import RemoteConfig, read_remote
 from .subjects import DEFAULT_SUBJECT_PREFIX
 
 __all__ = [
@@ -149,13 +144,8 @@ class JetStreamOptions:
     max_len: int = attrs.field(default=100_000, validator=integer(1))
 
 
-@attrs.frozen(kw_only=True)
-class NatsConfig:
-    """Everything a config says about a NATS bus, checked: the connection, the delivery, the dispatch."""
-
-    options: NatsOptions
-    delivery: FanoutOptions | JetStreamOptions
-    dispatch: DispatchOptions
+#: Everything a config says about a NATS bus, checked.
+NatsConfig = RemoteConfig[NatsOptions]
 
 
 def read_config(config: Mapping[str, Any]) -> NatsConfig:
@@ -164,21 +154,5 @@ def read_config(config: Mapping[str, Any]) -> NatsConfig:
     :raises ConfigError: naming the key, the rule and the value; for a key
         the backend does not use, naming every key it accepts.
     """
-    bus = section(config, "bus")
-    delivery = bus.get("delivery", "fanout")
-    if delivery not in ("fanout", "queue"):
-        raise ConfigError(
-            f"bus.delivery must be 'fanout' (core NATS) or 'queue' (JetStream) on NATS, not {delivery!r}"
-        )
-    kind: type[FanoutOptions | JetStreamOptions] = FanoutOptions if delivery == "fanout" else JetStreamOptions
-    parts = split_section(
-        "bus",
-        bus,
-        {"nats": keys_of(NatsOptions), "delivery": keys_of(kind), "dispatch": DispatchOptions.BUS_KEYS},
-        also=("type", "delivery"),
-    )
-    return NatsConfig(
-        options=structure(NatsOptions, parts["nats"], "bus"),
-        delivery=structure(kind, parts["delivery"], "bus"),
-        dispatch=dispatch_options(config),
-    )
+    deliveries = {"fanout": FanoutOptions, "queue": JetStreamOptions}
+    return read_remote(config, NatsOptions, deliveries, "'fanout' (core NATS) or 'queue' (JetStream) on NATS")
