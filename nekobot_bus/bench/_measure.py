@@ -9,10 +9,12 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from ..bus import Bus
+from ..dispatch import Direction
 from ..message import Message
 from ._options import BenchOptions
 
 __all__ = [
+    "group_throughput",
     "STALL_SECONDS",
     "Load",
     "batch_size",
@@ -184,6 +186,36 @@ def bus_load(
         lost,
         why_lost(receiver.get_metrics()) if lost else "",
     )
+
+
+def group_throughput(consumers: list[Bus], producer: Bus, count: int, payload_size: int) -> Load:
+    """Messages per second from *producer*, sending batches with ``send_many``, through *consumers*
+    (buses of one group, not yet started), measured until every message was handled. All are
+    stopped at the end."""
+    handled = threading.Semaphore(0)
+
+    def handler(_message: Message) -> None:
+        handled.release()
+
+    try:
+        for bus in consumers:
+            bus.register_inbound_handler("bench", handler)
+            bus.start()
+        producer.start()
+        batches = messages(count, payload_size)
+        batch = batch_size(payload_size)
+        started = now()
+        for i in range(0, count, batch):
+            producer.send_many(Direction.INBOUND, batches[i : i + batch])
+        done, last_at = 0, now()
+        while done < count and handled.acquire(timeout=STALL_SECONDS):
+            done, last_at = done + 1, now()
+        lost = count - done
+        why = "; ".join(why_lost(bus.get_metrics()) for bus in consumers) if lost else ""
+        return Load(done / (last_at - started), [], lost, why)
+    finally:
+        for bus in [*consumers, producer]:
+            bus.stop(timeout=10)
 
 
 def producer_rates(

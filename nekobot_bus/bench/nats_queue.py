@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
-import threading
 import uuid
 
 import nats
 
 from ..backends.nats import NatsBus, NatsQueueBus
-from ..dispatch import Direction
-from ..message import Message
-from ._measure import STALL_SECONDS, Load, batch_size, bus_latency, loss_note, messages, now, volume, why_lost
+from ._measure import Load, batch_size, bus_latency, group_throughput, loss_note, volume
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -52,36 +49,17 @@ def _cleanup(url: str, prefix: str) -> None:
 def queue_throughput(url: str, count: int, payload_size: int, consumers: int = 2) -> Load:
     """Messages per second from one producer through *consumers* buses of one group."""
     prefix = _new_prefix()
-    handled = threading.Semaphore(0)
-    buses = [
-        NatsQueueBus(url, subject_prefix=prefix, group="bench", workers=2, queue_size=1000)
-        for _ in range(consumers)
-    ]
-    producer = NatsQueueBus(url, subject_prefix=prefix, group="bench-producer")
-
-    def handler(_message: Message) -> None:
-        handled.release()
-
     try:
-        for bus in buses:
-            bus.register_inbound_handler("bench", handler)
-            bus.start()
-        producer.start()
-        batches = messages(count, payload_size)
-        batch = batch_size(payload_size)
-        started = now()
-        for i in range(0, count, batch):
-            producer.send_many(Direction.INBOUND, batches[i : i + batch])
-        done, last_at = 0, now()
-        while done < count and handled.acquire(timeout=STALL_SECONDS):
-            done, last_at = done + 1, now()
-        lost = count - done
-        why = "; ".join(why_lost(bus.get_metrics()) for bus in buses) if lost else ""
-        return Load(done / (last_at - started), [], lost, why)
+        return group_throughput(
+            [
+                NatsQueueBus(url, subject_prefix=prefix, group="bench", workers=2, queue_size=1000)
+                for _ in range(consumers)
+            ],
+            NatsQueueBus(url, subject_prefix=prefix, group="bench-producer"),
+            count,
+            payload_size,
+        )
     finally:
-        for bus in buses:
-            bus.stop(timeout=10)
-        producer.stop(timeout=10)
         _cleanup(url, prefix)
 
 

@@ -9,26 +9,20 @@ consumers of one group, measured until every message was handled.
 from __future__ import annotations
 
 import statistics
-import threading
 import uuid
 
 import redis
 
 from ..backends.redis import RedisBus, RedisStreamBus
-from ..dispatch import Direction
-from ..message import Message
 from ._measure import (
-    STALL_SECONDS,
     Load,
     batch_size,
     bus_latency,
+    group_throughput,
     loss_note,
-    messages,
-    now,
     peak_mib,
     producer_rates,
     volume,
-    why_lost,
 )
 from ._options import BenchOptions
 from ._progress import Progress
@@ -48,35 +42,17 @@ def _cleanup(url: str, prefix: str) -> None:
 def queue_throughput(url: str, count: int, payload_size: int, consumers: int = 2) -> Load:
     """Messages per second from one producer through *consumers* buses of one group."""
     prefix = f"nekobot-bench-queue:{uuid.uuid4().hex[:8]}:"
-    handled = threading.Semaphore(0)
-    buses = [
-        RedisStreamBus(url, prefix=prefix, group="bench", workers=2, queue_size=1000)
-        for _ in range(consumers)
-    ]
-    producer = RedisStreamBus(url, prefix=prefix, group="bench-producer")
-
-    def handler(_message: Message) -> None:
-        handled.release()
-
     try:
-        for bus in buses:
-            bus.register_inbound_handler("bench", handler)
-            bus.start()
-        batches = messages(count, payload_size)
-        batch = batch_size(payload_size)
-        started = now()
-        for i in range(0, count, batch):
-            producer.send_many(Direction.INBOUND, batches[i : i + batch])
-        done, last_at = 0, now()
-        while done < count and handled.acquire(timeout=STALL_SECONDS):
-            done, last_at = done + 1, now()
-        lost = count - done
-        why = "; ".join(why_lost(bus.get_metrics()) for bus in buses) if lost else ""
-        return Load(done / (last_at - started), [], lost, why)
+        return group_throughput(
+            [
+                RedisStreamBus(url, prefix=prefix, group="bench", workers=2, queue_size=1000)
+                for _ in range(consumers)
+            ],
+            RedisStreamBus(url, prefix=prefix, group="bench-producer"),
+            count,
+            payload_size,
+        )
     finally:
-        for bus in buses:
-            bus.stop(timeout=10)
-        producer.stop(timeout=10)
         _cleanup(url, prefix)
 
 
