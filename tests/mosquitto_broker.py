@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import getpass
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from .redis_server import free_port, suspend
+from .server_process import ServerProcess, free_port
 
 __all__ = ["MosquittoBroker"]
 
 
-class MosquittoBroker:
+class MosquittoBroker(ServerProcess):
     """One ``mosquitto`` on a free loopback port; its config, log and persistence in *directory*.
 
     :param users: user names and passwords; with any, anonymous clients are refused.
@@ -95,27 +93,3 @@ class MosquittoBroker:
                 self.stop()
                 raise RuntimeError(f"mosquitto on port {self.port} did not come up")
             time.sleep(0.02)
-
-    def stop(self, *, graceful: bool = False) -> None:
-        """Kill the broker (SIGKILL; SIGTERM with *graceful*, which saves its sessions) and wait for it."""
-        if self.process is None:
-            return
-        if self.paused:
-            self.resume()
-        self.process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
-
-    def restart(self, *, graceful: bool = False) -> None:
-        self.stop(graceful=graceful)
-        self.start()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        suspend(self.process.pid)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-        self.paused = False

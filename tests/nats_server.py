@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from .redis_server import free_port, suspend
+from .server_process import ServerProcess, free_port
 
 __all__ = ["NatsServer"]
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """One ``nats-server -js`` on a free loopback port, its log and JetStream store in *directory*."""
 
     def __init__(self, directory: Path, *extra_args: str) -> None:
@@ -58,27 +56,3 @@ class NatsServer:
                 self.stop()
                 raise RuntimeError(f"nats-server on port {self.port} did not come up")
             time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: no goodbye to clients) and wait for it."""
-        if self.process is None:
-            return
-        if self.paused:
-            self.resume()
-        self.process.kill()
-        self.process.wait(10)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        suspend(self.process.pid)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-        self.paused = False
