@@ -24,7 +24,7 @@ touches a network.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -32,6 +32,8 @@ from .message import Message
 
 if TYPE_CHECKING:
     from .dispatch import Handler
+    from .metrics import Metrics
+    from .registry import Direction
 
 __all__ = [
     "MAX_RETRY_DELAY",
@@ -43,6 +45,7 @@ __all__ = [
     "Report",
     "RetryAt",
     "RetryPolicy",
+    "RetrySettler",
     "Settler",
 ]
 
@@ -153,3 +156,30 @@ class Gate(Protocol[T_contra]):
         :raises Exception: the question could not be answered (its server is
             away): the message is counted ``dropped``.
         """
+
+
+class Delivered(Protocol):
+    """A ticket that knows its direction and how often its server had delivered it."""
+
+    @property
+    def direction(self) -> Direction: ...
+
+    @property
+    def deliveries(self) -> int: ...
+
+
+D = TypeVar("D", bound=Delivered)
+
+
+class RetrySettler(Generic[D]):
+    """The ``decide`` of every at-least-once delivery: its :class:`RetryPolicy`, each retry
+    counted ``redelivered_*``. A subclass sets ``_policy`` and ``_metrics`` and carries out."""
+
+    _policy: RetryPolicy
+    _metrics: Metrics
+
+    def decide(self, message: Message, ticket: D, report: Report) -> Outcome:
+        outcome = self._policy.decide(report, ticket.deliveries)
+        if isinstance(outcome, RetryAt):
+            self._metrics.incr(f"redelivered_{ticket.direction.suffix}")
+        return outcome

@@ -36,7 +36,7 @@ from ... import codec
 from ...dispatch import MESSAGE_OVERHEAD, Direction
 from ...errors import MessageDecodeError
 from ...message import Message
-from ...settle import DeadLetter, Outcome, Release, Report, RetryAt, RetryPolicy, Settler
+from ...settle import DeadLetter, Outcome, Release, RetryAt, RetryPolicy, RetrySettler, Settler
 from .base import MqttBase
 from .client import PUBLISH, new_properties
 from .options import QueueOptions
@@ -59,7 +59,7 @@ class Delivery:
     topic: str
 
 
-class MqttQueueBus(MqttBase):
+class MqttQueueBus(RetrySettler[Delivery], MqttBase):
     """A bus whose messages go to one member of a group through an MQTT 5 shared subscription.
 
     Built by :func:`~nekobot_bus.create_bus` for ``bus.type: "mqtt"`` with
@@ -113,12 +113,6 @@ class MqttQueueBus(MqttBase):
         self._dispatchers[direction].offer(message, delivery, len(payload))
 
     # -- the Settler protocol (worker threads; paho's calls are thread-safe) -----------
-
-    def decide(self, message: Message, ticket: Delivery, report: Report) -> Outcome:
-        outcome = self._policy.decide(report, ticket.deliveries)
-        if isinstance(outcome, RetryAt):
-            self._metrics.incr(f"redelivered_{ticket.direction.suffix}")
-        return outcome
 
     def carry_out(self, message: Message, ticket: Delivery, outcome: Outcome) -> None:
         self._settle(ticket, outcome)

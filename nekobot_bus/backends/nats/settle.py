@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 from ...dispatch import Direction
 from ...message import Message
 from ...metrics import Metrics
-from ...settle import Acknowledge, DeadLetter, Outcome, Release, Report, RetryAt, RetryPolicy
+from ...settle import Acknowledge, DeadLetter, Outcome, Release, RetryPolicy, RetrySettler
 from .loop import LoopThread
 
 __all__ = ["Delivery", "JetStreamSettler"]
@@ -56,7 +56,7 @@ class Delivery:
     deliveries: int
 
 
-class JetStreamSettler:
+class JetStreamSettler(RetrySettler[Delivery]):
     """Settles the deliveries of one bus. Thread-safe: workers decide, the loop carries out.
 
     :param dead_letter: a coroutine function filing a message's payload
@@ -130,12 +130,6 @@ class JetStreamSettler:
                     await delivery.msg.in_progress()
 
     # -- the Settler protocol (worker threads) -------------------------------------
-
-    def decide(self, message: Message, ticket: Delivery, report: Report) -> Outcome:
-        outcome = self._policy.decide(report, ticket.deliveries)
-        if isinstance(outcome, RetryAt):
-            self._metrics.incr(f"redelivered_{ticket.direction.suffix}")
-        return outcome
 
     def carry_out(self, message: Message, ticket: Delivery, outcome: Outcome) -> None:
         loop = self._loop.loop

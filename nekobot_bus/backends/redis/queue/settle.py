@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from ....message import Message
 from ....metrics import Metrics
-from ....settle import Acknowledge, Outcome, Report, RetryAt, RetryPolicy
+from ....settle import Acknowledge, Outcome, RetryPolicy, RetrySettler
 from .acker import Acker
 from .ledger import Entry
 
 __all__ = ["StreamSettler"]
 
 
-class StreamSettler:
+class StreamSettler(RetrySettler[Entry]):
     """Settles stream entries for one bus. Thread-safe (it keeps no state of its own)."""
 
     def __init__(
@@ -37,12 +37,6 @@ class StreamSettler:
         self._metrics = metrics
         self._policy = RetryPolicy(max_deliveries, retry_backoff)
         self.dedup_window = dedup_window
-
-    def decide(self, message: Message, ticket: Entry, report: Report) -> Outcome:
-        outcome = self._policy.decide(report, ticket.deliveries)
-        if isinstance(outcome, RetryAt):
-            self._metrics.incr(f"redelivered_{ticket.direction.suffix}")
-        return outcome
 
     def carry_out(self, message: Message, ticket: Entry, outcome: Outcome) -> None:
         if isinstance(outcome, Acknowledge) and self.dedup_window:
