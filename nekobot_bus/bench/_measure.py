@@ -14,6 +14,7 @@ from ..message import Message
 from ._options import BenchOptions
 
 __all__ = [
+    "Alternation",
     "group_throughput",
     "STALL_SECONDS",
     "Load",
@@ -104,6 +105,46 @@ def bus_latency(bus: Bus, count: int, payload_size: int = 1) -> list[float]:
             if not ack.acquire(timeout=5):
                 raise RuntimeError(f"{bus!r} did not deliver a message within 5 s")
     return [v * 1e6 for v in out]
+
+
+class Alternation:
+    """Send-to-handler latency of a bare receiver and of a bus, message by message, in us.
+
+    Both receivers run at once and the sender alternates between them, so
+    whatever the shared machine does at any moment hits both alike. The
+    bare receiver calls :meth:`bare_received` for each message it gets.
+    """
+
+    def __init__(self) -> None:
+        self._ack = threading.Semaphore(0)
+        self._sent_at = 0.0
+        self.bare: list[float] = []
+        self.ours: list[float] = []
+
+    def bare_received(self, *_args: object) -> None:
+        self.bare.append(now() - self._sent_at)
+        self._ack.release()
+
+    def _bus_received(self, _message: Message) -> None:
+        self.ours.append(now() - self._sent_at)
+        self._ack.release()
+
+    def run(
+        self, bus: Bus, publish_bare: Callable[[], object], count: int, payload_size: int
+    ) -> tuple[list[float], list[float]]:
+        """Alternate *publish_bare* and a send through *bus* (not yet started) *count* times."""
+        bus.register_inbound_handler("bench", self._bus_received)
+        with bus:
+            for message in messages(count, payload_size):
+                self._sent_at = now()
+                publish_bare()
+                if not self._ack.acquire(timeout=5):
+                    raise RuntimeError("the bare subscriber did not receive within 5 s")
+                self._sent_at = now()
+                bus.send_inbound(message)
+                if not self._ack.acquire(timeout=5):
+                    raise RuntimeError(f"{bus!r} did not deliver within 5 s")
+        return [v * 1e6 for v in self.bare], [v * 1e6 for v in self.ours]
 
 
 def bus_load(

@@ -23,7 +23,7 @@ from .. import codec
 from .._urls import redact
 from ..backends.mqtt import MqttBus, MqttQueueBus
 from ..message import Message
-from ._measure import bus_latency, messages, now, producer_rates
+from ._measure import Alternation, bus_latency, producer_rates
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -49,49 +49,29 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
     """Send-to-handler latency of bare paho-mqtt and of MqttBus, message by message, in us."""
     parts = urlsplit(url)
     prefix = _prefix()
-    ack = threading.Semaphore(0)
-    sent_at = [0.0]
-    bare: list[float] = []
-    ours: list[float] = []
+    pair = Alternation()
     subscribed = threading.Event()
-
-    def received(_client: object, _userdata: object, _message: object) -> None:
-        bare.append(now() - sent_at[0])
-        ack.release()
-
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     if parts.username:
         client.username_pw_set(parts.username, parts.password)
-    client.on_message = received
+    client.on_message = pair.bare_received
     client.on_subscribe = lambda *_args: subscribed.set()
     client.connect(parts.hostname or "localhost", parts.port or 1883)
     client.loop_start()
-    client.subscribe(f"{prefix}/bare", qos=1)
-    if not subscribed.wait(5):
-        raise RuntimeError("the bare subscriber's SUBACK did not come within 5 s")
-    bus = MqttBus(url, topic_prefix=prefix, workers=1)
-
-    def handler(_message: Message) -> None:
-        ours.append(now() - sent_at[0])
-        ack.release()
-
-    bus.register_inbound_handler("bench", handler)
-    payload = codec.encode(Message(channel_id="bench", content="x" * payload_size))
     try:
-        with bus:
-            for message in messages(count, payload_size):
-                sent_at[0] = now()
-                client.publish(f"{prefix}/bare", payload, qos=1)
-                if not ack.acquire(timeout=5):
-                    raise RuntimeError("the bare subscriber did not receive within 5 s")
-                sent_at[0] = now()
-                bus.send_inbound(message)
-                if not ack.acquire(timeout=5):
-                    raise RuntimeError(f"{bus!r} did not deliver within 5 s")
+        client.subscribe(f"{prefix}/bare", qos=1)
+        if not subscribed.wait(5):
+            raise RuntimeError("the bare subscriber's SUBACK did not come within 5 s")
+        payload = codec.encode(Message(channel_id="bench", content="x" * payload_size))
+        return pair.run(
+            MqttBus(url, topic_prefix=prefix, workers=1),
+            lambda: client.publish(f"{prefix}/bare", payload, qos=1),
+            count,
+            payload_size,
+        )
     finally:
         client.disconnect()
         client.loop_stop()
-    return [v * 1e6 for v in bare], [v * 1e6 for v in ours]
 
 
 def steps_mqtt(options: BenchOptions) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import statistics
-import threading
 from urllib.parse import urlsplit
 
 import nats
@@ -24,7 +23,7 @@ from .._urls import redact
 from ..backends.nats import NatsBus
 from ..backends.nats.loop import LoopThread
 from ..message import Message
-from ._measure import messages, now, producer_rates
+from ._measure import Alternation, producer_rates
 from ._options import BenchOptions
 from ._progress import Progress
 from ._stats import REDIS_CLAIM, Result
@@ -56,15 +55,11 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
     """Send-to-handler latency of bare nats-py and of NatsBus, message by message, in us."""
     loop = LoopThread("bench-nats-bare")
     loop.start()
-    ack = threading.Semaphore(0)
-    sent_at = [0.0]
-    bare: list[float] = []
-    ours: list[float] = []
+    pair = Alternation()
     subject = f"{_PREFIX}.bare"
 
     async def received(_msg: object) -> None:
-        bare.append(now() - sent_at[0])
-        ack.release()
+        pair.bare_received()
 
     async def connect() -> Client:
         client = await nats.connect(url)
@@ -73,29 +68,16 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
         return client
 
     client = loop.call(connect(), 10.0)
-    bus = NatsBus(url, subject_prefix=_PREFIX, workers=1)
-
-    def handler(_message: Message) -> None:
-        ours.append(now() - sent_at[0])
-        ack.release()
-
-    bus.register_inbound_handler("bench", handler)
     payload = codec.encode(Message(channel_id="bench", content="x" * payload_size))
+
+    def publish() -> object:
+        return asyncio.run_coroutine_threadsafe(client.publish(subject, payload), loop.loop)  # type: ignore[arg-type]
+
     try:
-        with bus:
-            for message in messages(count, payload_size):
-                sent_at[0] = now()
-                asyncio.run_coroutine_threadsafe(client.publish(subject, payload), loop.loop)  # type: ignore[arg-type]
-                if not ack.acquire(timeout=5):
-                    raise RuntimeError("the bare subscriber did not receive within 5 s")
-                sent_at[0] = now()
-                bus.send_inbound(message)
-                if not ack.acquire(timeout=5):
-                    raise RuntimeError(f"{bus!r} did not deliver within 5 s")
+        return pair.run(NatsBus(url, subject_prefix=_PREFIX, workers=1), publish, count, payload_size)
     finally:
         loop.call(client.close(), 5.0)
         loop.stop(5.0)
-    return [v * 1e6 for v in bare], [v * 1e6 for v in ours]
 
 
 def steps_nats(options: BenchOptions) -> int:

@@ -26,6 +26,7 @@ from ..dispatch import Direction
 from ..message import Message
 from ._measure import (
     STALL_SECONDS,
+    Alternation,
     Load,
     batch_size,
     loss_note,
@@ -55,44 +56,29 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
     client = redis.Redis.from_url(url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{_PREFIX}bare")
-    bus = RedisBus(url, prefix=_PREFIX, workers=1)
-    ack = threading.Semaphore(0)
-    sent_at = [0.0]
-    bare: list[float] = []
-    ours: list[float] = []
+    pair = Alternation()
     done = threading.Event()
 
     def read() -> None:
         while not done.is_set():
             if pubsub.get_message(timeout=0.5) is not None:
-                bare.append(now() - sent_at[0])
-                ack.release()
+                pair.bare_received()
 
-    def handler(_message: Message) -> None:
-        ours.append(now() - sent_at[0])
-        ack.release()
-
-    bus.register_inbound_handler("bench", handler)
     reader = threading.Thread(target=read, name="bench-bare-subscriber")
     reader.start()
     payload = codec.encode(Message(channel_id="bench", content="x" * payload_size))
     try:
-        with bus:
-            for message in messages(count, payload_size):
-                sent_at[0] = now()
-                client.publish(f"{_PREFIX}bare", payload)
-                if not ack.acquire(timeout=5):
-                    raise RuntimeError("the bare subscriber did not receive within 5 s")
-                sent_at[0] = now()
-                bus.send_inbound(message)
-                if not ack.acquire(timeout=5):
-                    raise RuntimeError(f"{bus!r} did not deliver within 5 s")
+        return pair.run(
+            RedisBus(url, prefix=_PREFIX, workers=1),
+            lambda: client.publish(f"{_PREFIX}bare", payload),
+            count,
+            payload_size,
+        )
     finally:
         done.set()
         reader.join()
         pubsub.close()
         client.close()
-    return [v * 1e6 for v in bare], [v * 1e6 for v in ours]
 
 
 def batch_throughput(url: str, count: int, payload_size: int) -> Load:
