@@ -55,7 +55,7 @@ def run_once(
         try:
             asyncio.run(asyncio.wait_for(job(), timeout))
             outcome.append(None)
-        except BaseException as exc:  # handed to the caller below
+        except Exception as exc:  # handed to the caller below
             outcome.append(exc)
 
     thread = threading.Thread(target=run, name="nekobot-bus-nats-before-start", daemon=True)
