@@ -42,6 +42,24 @@ def _free_cluster_port() -> int:
         return port
 
 
+def _start_node(node: RedisServer, attempts: int = 3) -> None:
+    """Start *node*, on another free pair of ports if its own was taken meanwhile.
+
+    The ports are free when chosen, but they are in the range the machine
+    hands out for outgoing connections, so another socket may take one
+    before the node binds it (CI saw it once); before the cluster is
+    created a node's port can still change.
+    """
+    for attempt in range(attempts):
+        try:
+            node.start()
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            node.port = _free_cluster_port()
+
+
 class ClusterSet:
     """Six cluster nodes in *directory*: after :meth:`start`, three primaries, each with a replica."""
 
@@ -66,7 +84,7 @@ class ClusterSet:
     def start(self) -> None:
         try:
             for node in self.nodes:
-                node.start()
+                _start_node(node)
             cli = shutil.which("redis-cli")
             if cli is None:
                 raise RuntimeError(
