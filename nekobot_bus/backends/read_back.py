@@ -22,6 +22,14 @@ one, and is judged by a later marker instead (:meth:`marker_arrived` says
 when one is needed). On a cluster each reader holds its own channels, and
 a marker judges only the messages of the channels its reader holds.
 
+A reader takes a message in two steps, :meth:`arriving` before it hands the
+message on and :meth:`arrived` after, so that ``wait_idle`` never sees a
+gap. On a cluster another thread may count a channel's messages
+``no_handler`` while a reader that gave that channel up is still handing
+one on: :meth:`arriving` marks the message as taken, so it is not counted
+twice, and tells the reader to drop one counted already. The ids counted
+so are kept (the newest :data:`WRITTEN_OFF_KEPT`) to know a late one.
+
 Thread-safe: senders add, reader threads remove, anyone waits.
 """
 
@@ -31,6 +39,7 @@ import enum
 import itertools
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 from ..dispatch import Direction
@@ -39,6 +48,9 @@ from ..metrics import Metrics
 __all__ = ["NextMarker", "ReadBack"]
 
 logger = logging.getLogger("nekobot_bus")
+
+#: How many ids counted ``no_handler`` before they came are kept, to drop them if they come late.
+WRITTEN_OFF_KEPT = 65536
 
 
 class NextMarker(enum.Enum):
@@ -50,13 +62,14 @@ class NextMarker(enum.Enum):
 
 
 class _Awaited:
-    __slots__ = ("channel", "direction", "expected", "published")
+    __slots__ = ("arriving", "channel", "direction", "expected", "published")
 
     def __init__(self, direction: Direction, channel: str, expected: int) -> None:
         self.direction = direction
         self.channel = channel
         self.expected = expected  # the sequence number taken before its publish was sent
         self.published: int | None = None  # the one taken when its publish returned
+        self.arriving = False  # a reader is handing it on: it is counted there
 
 
 class ReadBack:
@@ -65,6 +78,7 @@ class ReadBack:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._awaited: dict[str, _Awaited] = {}
+        self._written_off: OrderedDict[str, None] = OrderedDict()  # counted no_handler before they came
         self._cond = threading.Condition()
         self._sequence = itertools.count()
         self._closed = False  # stopped(): nothing will be read back any more
@@ -90,8 +104,25 @@ class ReadBack:
         if closed:
             self._count_lost(lambda entry: entry.published is not None)
 
+    def arriving(self, message_id: str) -> bool:
+        """A reader read *message_id* and is about to hand it on; ``False``: drop it, it was counted.
+
+        Most are not ours, and take no lock: a sender adds an id before its
+        publish, so one of ours is always visible here.
+        """
+        if message_id not in self._awaited and message_id not in self._written_off:
+            return True
+        with self._cond:
+            if message_id in self._written_off:
+                del self._written_off[message_id]
+                return False
+            entry = self._awaited.get(message_id)
+            if entry is not None:
+                entry.arriving = True
+            return True
+
     def arrived(self, message_id: str) -> None:
-        """The reader read *message_id*; most are not ours, and take no lock."""
+        """The reader handed *message_id* on (the dispatcher counted it); most take no lock."""
         if message_id in self._awaited:
             self.forget([message_id])
 
@@ -106,8 +137,15 @@ class ReadBack:
     def unsubscribed(self, still_covered: Callable[[Direction, str], bool]) -> None:
         """Count ``no_handler`` the awaited messages whose channel is no longer subscribed."""
         with self._cond:
-            gone = [i for i, e in self._awaited.items() if not still_covered(e.direction, e.channel)]
+            gone = [
+                i
+                for i, e in self._awaited.items()
+                if not e.arriving and not still_covered(e.direction, e.channel)
+            ]
+            self._written_off.update(dict.fromkeys(gone))  # first: arriving() looks there second, unlocked
             directions = [self._awaited.pop(i).direction for i in gone]
+            while len(self._written_off) > WRITTEN_OFF_KEPT:
+                self._written_off.popitem(last=False)
             if gone and not self._awaited:
                 self._cond.notify_all()
         for direction in directions:
@@ -149,7 +187,7 @@ class ReadBack:
 
     def _count_lost(self, which: Callable[[_Awaited], bool]) -> None:
         with self._cond:
-            gone = [i for i, entry in self._awaited.items() if which(entry)]
+            gone = [i for i, entry in self._awaited.items() if not entry.arriving and which(entry)]
             for message_id in gone:
                 del self._awaited[message_id]
             if not self._awaited:

@@ -167,6 +167,8 @@ class NatsBus(NatsBase):
             self._metrics.incr("decode_errors")
             logger.warning("undecodable payload on %s (%d bytes): %s", msg.subject, len(payload), exc)
             return
+        if not self._read_back.arriving(message.id):
+            return  # counted no_handler already (read_back.py)
         self._dispatchers[name.direction].offer(message, None, len(payload))
         self._read_back.arrived(message.id)
 

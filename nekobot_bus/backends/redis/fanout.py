@@ -385,9 +385,9 @@ class RedisBus(RedisBase):
             self._metrics.incr("decode_errors")
             logger.warning("undecodable payload on %s (%d bytes): %s", channel, len(payload), exc)
             return
+        if not self._read_back.arriving(message.id):
+            return  # a reader that gave its channel up, late: counted no_handler already (read_back.py)
         self._dispatchers[name.direction].offer(message, None, len(payload))
-        # Unlocked test first: a sender notes its id before PUBLISH, so an id
-        # of ours is always visible here, and others' messages take no lock.
         self._read_back.arrived(message.id)
 
     def _subscriptions_confirmed(self, subscribed: frozenset[str]) -> None:
