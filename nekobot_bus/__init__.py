@@ -30,6 +30,7 @@ from .errors import (
     MessageEncodeError,
     MessageError,
     NekobotBusError,
+    RequestTimeoutError,
     UnroutedMessageError,
 )
 from .message import WILDCARD, Message, MessageType, validate_channel_id
@@ -66,5 +67,6 @@ __all__ = [
     "BusFullError",
     "BusConnectionError",
     "BusReplyError",
+    "RequestTimeoutError",
     "UnroutedMessageError",
 ]

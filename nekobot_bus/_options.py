@@ -176,6 +176,8 @@ class DispatchOptions:
         for its server, before it raises; ``None`` waits forever.
     :param dispatch: ``"threaded"`` runs handlers on worker threads;
         ``"inline"`` runs them in the sending thread (the local bus only).
+    :param max_requests: how many :meth:`~nekobot_bus.Bus.request` calls may
+        await their reply at once.
     """
 
     queue_size: int = attrs.field(default=100, validator=integer(1))
@@ -184,9 +186,10 @@ class DispatchOptions:
         default=5.0, converter=_to_float, validator=seconds(optional=True)
     )
     dispatch: str = attrs.field(default="threaded", validator=one_of("threaded", "inline"))
+    max_requests: int = attrs.field(default=10000, validator=integer(1))
 
     #: The keys of the ``bus`` section these options take (``queue_size`` comes from ``gateway``).
-    BUS_KEYS = ("workers", "send_timeout", "dispatch")
+    BUS_KEYS = ("workers", "send_timeout", "dispatch", "max_requests")
 
 
 def section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:

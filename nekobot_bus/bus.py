@@ -13,15 +13,16 @@ import abc
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Literal
 
 from ._options import DispatchOptions
 from .dispatch import DEFAULT_INTAKE_BYTES, Direction, Dispatcher, Handler, HandlerRegistry
-from .errors import BusClosedError
+from .errors import BusClosedError, RequestTimeoutError
 from .message import WILDCARD, Message, validate_channel_id
 from .metrics import Metrics
+from .requests import REQUEST_COUNTERS, REQUEST_GAUGES, PendingRequest, PendingRequests
 from .settle import Gate, Settler
 
 __all__ = ["Bus", "DispatchMode", "as_direction", "as_message"]
@@ -62,8 +63,13 @@ class Bus(abc.ABC):
         self.workers = options.workers
         self.send_timeout = options.send_timeout
         self.dispatch: DispatchMode = "inline" if options.dispatch == "inline" else "threaded"
-        self._metrics = Metrics(self.extra_metrics, self.extra_gauges)
+        self._metrics = Metrics(
+            (*REQUEST_COUNTERS, *self.extra_metrics), (*REQUEST_GAUGES, *self.extra_gauges)
+        )
         self._registries = {d: HandlerRegistry() for d in Direction}
+        self._requests = PendingRequests(self._metrics, options.max_requests)
+        self._watch_lock = threading.Lock()
+        self._watched: set[str] = set()  # outbound channels whose replies this bus is sure to see
         self._prepare_transport()
         self._dispatchers: dict[Direction, Dispatcher[Any]] = {
             d: Dispatcher(
@@ -77,6 +83,7 @@ class Bus(abc.ABC):
                 settler=self._settler(d),
                 gate=self._gate(d),
                 intake_bytes=self._intake_bytes(),
+                observe=self._requests.offer if d is Direction.OUTBOUND else None,
             )
             for d in Direction
         }
@@ -122,6 +129,7 @@ class Bus(abc.ABC):
             if self._state == _STOPPED:
                 return True
             self._state = _STOPPED
+            self._requests.close()
             alive = self._stop_transport(deadline, drain=drain)
             for dispatcher in self._dispatchers.values():
                 alive += dispatcher.stop(deadline, drain=drain)
@@ -209,6 +217,76 @@ class Bus(abc.ABC):
         way = as_direction(direction)
         for message in [as_message(m) for m in messages]:
             self._send(way, message)
+
+    # -- asking -----------------------------------------------------------
+
+    def request(self, message: Message, timeout: float | None = 30.0) -> Message:
+        """Send *message* inbound and return the first outbound reply to it (``reply_to == message.id``).
+
+        The reply also goes to this bus's outbound handlers of its channel,
+        as any outbound message does (counted ``no_handler_out`` where there
+        are none), and to whichever process would get it without a request.
+        The first request on a channel makes this bus take that channel's
+        outbound messages in from then on (a subscription, on a remote bus),
+        so that no reply can come before the bus listens.
+
+        :param timeout: seconds to wait for the reply; ``None`` waits until it
+            comes or the bus stops.
+        :raises RequestTimeoutError: no reply came in time; the request is forgotten.
+        :raises BusClosedError: the bus stopped before the reply came.
+        :raises BusFullError: ``max_requests`` requests are pending, or the send found no room.
+        :raises BusConnectionError: a remote bus could not send it, or listen for its reply.
+        """
+        pending = self._ask(message)
+        if not pending.wait(timeout):
+            error = RequestTimeoutError(f"no reply to request {message.id!r} came within {timeout} s")
+            if self._requests.abandon(pending, "request_timeouts", error):
+                raise error
+        return pending.result()
+
+    def _ask(
+        self, message: Message, on_done: Callable[[PendingRequest], None] | None = None
+    ) -> PendingRequest:
+        """Send *message* inbound as a request and return at once what awaits its reply.
+
+        What :meth:`request` waits on; for a caller that waits its own way
+        (:mod:`nekobot_bus.aio`). A request left pending must be ended with
+        :meth:`_forget`. Raises as :meth:`request` does when sending fails.
+
+        :param on_done: called once when the request ends, on the thread
+            that ends it; it must not block.
+        """
+        message = message if type(message) is Message else as_message(message)
+        pending = self._requests.open(message, on_done)
+        try:
+            self._watch_replies(message.channel_id)
+            self._send(Direction.INBOUND, message)
+        except BaseException as exc:
+            if self._requests.abandon(pending, "request_failures", exc):
+                raise
+            # Ended meanwhile: stop() woke it (a stop breaks a subscription in progress).
+        return pending
+
+    def _forget(self, pending: PendingRequest, error: BaseException) -> bool:
+        """End *pending* with *error* (counted ``request_failures``), unless it ended already."""
+        return self._requests.abandon(pending, "request_failures", error)
+
+    def _watch_replies(self, channel_id: str) -> None:
+        """Make sure the outbound messages of *channel_id* reach this bus from now on.
+
+        Here: by taking the channel in as if it had a handler, and waiting for
+        a remote bus to confirm its subscription. A queue delivery, where that
+        would take other processes' messages, overrides it.
+        """
+        if channel_id in self._watched:  # without the lock: the path of every later request
+            return
+        with self._watch_lock:  # a second request on a new channel waits for the first's subscription
+            if channel_id in self._watched:
+                return
+            registry = self._registries[Direction.OUTBOUND]
+            registry.watch(channel_id)
+            self._handlers_changed(Direction.OUTBOUND, registry.channels())
+            self._watched.add(channel_id)
 
     # -- observing --------------------------------------------------------
 

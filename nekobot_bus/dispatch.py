@@ -43,6 +43,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._handling import Handling
@@ -91,6 +92,8 @@ class Dispatcher(Handling[T]):
         process handles it (a group of processes sharing the work); a message
         it turns away is counted ``claimed_elsewhere``.
     :param intake_bytes: the budget of :meth:`offer`, in bytes.
+    :param observe: shown each message as it comes in, before it is queued
+        (replies to requests, :mod:`nekobot_bus.requests`); must not block.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Dispatcher(Handling[T]):
         settler: Settler[T] | None = None,
         gate: Gate[T] | None = None,
         intake_bytes: int = DEFAULT_INTAKE_BYTES,
+        observe: Callable[[Message], None] | None = None,
     ) -> None:
         if inline and (settler is not None or gate is not None):
             raise ValueError("inline dispatch runs no settler or gate: they are for remote transports")
@@ -115,6 +119,7 @@ class Dispatcher(Handling[T]):
         self._registry = registry
         self._metrics = metrics
         self._inline = inline
+        self._observe = observe
         suffix = direction.suffix
         self._accepted_key = f"messages_{suffix}"
         self._handled_key = f"handled_{suffix}"
@@ -149,6 +154,8 @@ class Dispatcher(Handling[T]):
         :raises BusFullError: the queue stayed full for *timeout* seconds.
         :raises BusClosedError: the dispatcher was stopped.
         """
+        if self._observe is not None:
+            self._observe(message)
         if not self._inline:
             self._put(self._queue_for(message), Item(message, _NO_TICKET), timeout)
             return
@@ -207,6 +214,8 @@ class Dispatcher(Handling[T]):
             :data:`MESSAGE_OVERHEAD` until a worker takes the message.
         :returns: whether the message was taken.
         """
+        if self._observe is not None:
+            self._observe(message)
         item = Item(message, ticket, size + MESSAGE_OVERHEAD)
         if not self._intake.reserve(item.size):
             self._metrics.accepted(self._accepted_key)
@@ -228,6 +237,8 @@ class Dispatcher(Handling[T]):
         queue delivery's reader): a ``False`` is counted nowhere, the caller
         still owns the message. Also ``False`` once the dispatcher is stopped.
         """
+        if self._observe is not None:
+            self._observe(message)
         try:
             self._queue_for(message).put(Item(message, ticket), timeout=timeout)
         except (queue.Full, QueueClosed):

@@ -20,6 +20,7 @@ __all__ = [
     "MessageEncodeError",
     "MessageError",
     "NekobotBusError",
+    "RequestTimeoutError",
     "UnroutedMessageError",
 ]
 
@@ -72,3 +73,7 @@ class BusReplyError(NekobotBusError, RuntimeError):
 
 class UnroutedMessageError(NekobotBusError, LookupError):
     """A remote send reached no subscriber and the bus was told to raise."""
+
+
+class RequestTimeoutError(NekobotBusError, TimeoutError):
+    """No reply to a :meth:`~nekobot_bus.Bus.request` came within its timeout; it is forgotten."""

@@ -43,6 +43,7 @@ class HandlerRegistry:
         self._by_channel: dict[str, tuple[Handler, ...]] = {}
         self._routes: dict[str, tuple[Handler, ...]] = {}
         self._wildcard: tuple[Handler, ...] = ()
+        self._watched: frozenset[str] = frozenset()
         self._channels: frozenset[str] = frozenset()
 
     def add(self, channel_id: str, handler: Handler) -> None:
@@ -63,19 +64,30 @@ class HandlerRegistry:
             self._publish(by_channel)
         return len(removed)
 
+    def watch(self, channel_id: str) -> bool:
+        """Take *channel_id*'s messages in without a handler (replies to requests); ``False`` if it
+        was watched already. Watched for the registry's life: it has no handler to remove."""
+        validate_channel_id(channel_id)
+        with self._lock:
+            if channel_id in self._watched:
+                return False
+            self._watched |= {channel_id}
+            self._publish(self._by_channel)
+        return True
+
     def _publish(self, by_channel: dict[str, tuple[Handler, ...]]) -> None:
         wildcard = by_channel.get(WILDCARD, ())
         routes = {cid: handlers + wildcard for cid, handlers in by_channel.items() if cid != WILDCARD}
         # Readers may see the old or the new table, never a half-built one.
         self._by_channel, self._wildcard, self._routes = by_channel, wildcard, routes
-        self._channels = frozenset(by_channel)
+        self._channels = frozenset(by_channel) | self._watched
 
     def lookup(self, channel_id: str) -> tuple[Handler, ...]:
         """Return the handlers a message on *channel_id* goes to, in registration order."""
         return self._routes.get(channel_id, self._wildcard)
 
     def channels(self) -> frozenset[str]:
-        """The channel ids (and ``"*"``) that have at least one handler."""
+        """The channel ids (and ``"*"``) that have at least one handler, or are watched."""
         return self._channels
 
 
