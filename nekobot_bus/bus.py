@@ -274,19 +274,27 @@ class Bus(abc.ABC):
     def _watch_replies(self, channel_id: str) -> None:
         """Make sure the outbound messages of *channel_id* reach this bus from now on.
 
-        Here: by taking the channel in as if it had a handler, and waiting for
-        a remote bus to confirm its subscription. A queue delivery, where that
-        would take other processes' messages, overrides it.
+        Once per channel: a second request on a new channel waits for the first's
+        :meth:`_listen_for_replies` to return.
         """
         if channel_id in self._watched:  # without the lock: the path of every later request
             return
-        with self._watch_lock:  # a second request on a new channel waits for the first's subscription
-            if channel_id in self._watched:
-                return
-            registry = self._registries[Direction.OUTBOUND]
-            registry.watch(channel_id)
-            self._handlers_changed(Direction.OUTBOUND, registry.channels())
-            self._watched.add(channel_id)
+        with self._watch_lock:
+            if channel_id not in self._watched:
+                self._listen_for_replies(channel_id)
+                self._watched.add(channel_id)
+
+    def _listen_for_replies(self, channel_id: str) -> None:
+        """Have every outbound message of *channel_id* from now on reach ``self._requests.offer``;
+        on a remote bus, confirmed by the server before this returns.
+
+        Here: by taking the channel in as if it had a handler (a fan-out
+        subscription). A queue delivery, where that would take other
+        processes' messages, overrides it.
+        """
+        registry = self._registries[Direction.OUTBOUND]
+        registry.watch(channel_id)
+        self._handlers_changed(Direction.OUTBOUND, registry.channels())
 
     # -- observing --------------------------------------------------------
 

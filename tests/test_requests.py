@@ -132,3 +132,19 @@ def test_pending_requests_are_bounded(make_bus: BusFactory) -> None:
             thread.join(WAIT)
     counts = _request_counts(bus)
     assert (counts["requests"], counts["request_failures"]) == (2, 2), "the refused one was never opened"
+
+
+def test_a_reply_still_reaches_the_outbound_handlers_it_would_reach_without_a_request(
+    pair: tuple[Bus, Bus], backend_config: dict[str, Any]
+) -> None:
+    requester, agent = pair
+    delivered: list[str] = []
+    agent.register_outbound_handler("webhook", lambda m: delivered.append(m.reply_to))
+    asked = [Message(channel_id="webhook", session_id=f"s{n}", content=str(n)) for n in range(20)]
+    for question in asked:
+        assert requester.request(question, timeout=WAIT).reply_to == question.id
+    assert agent.wait_idle(WAIT)
+    assert requester.wait_idle(WAIT)
+    assert sorted(delivered) == sorted(m.id for m in asked), "a request took a reply away from its handler"
+    if backend_config["bus"].get("delivery") == "queue":
+        assert requester.get_metrics()["messages_out"] == 0, "a queue member took outbound messages"

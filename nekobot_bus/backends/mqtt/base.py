@@ -109,6 +109,8 @@ class MqttBase(Bus):
         self.connection = 0
         self._publisher = Publisher(self._metrics, self.address, self.mqtt.qos)
         self._subscriptions = Subscriptions(self._state_changed, self._metrics, self.address, self.mqtt.qos)
+        #: Plain filters read for replies to requests beside the delivery's own (queue.py).
+        self._reply_filters: frozenset[str] = frozenset()
         self._marker_topic = self.topics.marker(uuid.uuid4().hex)
         self._markers_sent = 0
         self._markers_back = 0
@@ -275,7 +277,7 @@ class MqttBase(Bus):
         level(channel_id)  # a channel id MQTT would misread is refused before anything changes
 
     def _wanted(self) -> set[str]:
-        wanted = {self._marker_topic}
+        wanted = {self._marker_topic, *self._reply_filters}
         for direction in Direction:
             channels = self._registries[direction].channels()
             # The wildcard covers every channel; exact ones too would deliver twice.
@@ -298,7 +300,7 @@ class MqttBase(Bus):
     def _subscribe_to(self, wanted: set[str]) -> None:
         client = self._client
         if client is not None:
-            self._subscriptions.change(client, wanted, lambda: self._up)
+            self._subscriptions.change(client, wanted, lambda: self._up, identified=self._reply_filters)
 
     # -- sending ------------------------------------------------------------------
 

@@ -64,3 +64,4 @@ def no_delay(client: paho.Client) -> None:
 
 CONNECT = PacketTypes.CONNECT
 PUBLISH = PacketTypes.PUBLISH
+SUBSCRIBE = PacketTypes.SUBSCRIBE

@@ -25,6 +25,7 @@ subscribe something to ``{prefix}/dead/#`` to keep them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -40,6 +41,7 @@ from ...settle import DeadLetter, Outcome, Release, RetryAt, RetryPolicy, RetryS
 from .base import MqttBase
 from .client import PUBLISH, new_properties
 from .options import QueueOptions
+from .subscriptions import is_reply_copy
 
 __all__ = ["MqttQueueBus"]
 
@@ -99,8 +101,21 @@ class MqttQueueBus(RetrySettler[Delivery], MqttBase):
         fits = self.mqtt.intake_bytes // (self.max_message_size + MESSAGE_OVERHEAD)
         properties.ReceiveMaximum = max(1, min(65535, self.queue_size * self.workers, fits))
 
+    def _listen_for_replies(self, channel_id: str) -> None:
+        """A plain subscription of the channel's outbound topic, beside the group's shared one
+        (which would take other processes' messages); its copies are told apart by their
+        subscription identifier and go to the requests alone, acknowledged at once."""
+        self._reply_filters |= {self.topics.messages(Direction.OUTBOUND, channel_id)}
+        self._handlers_changed(Direction.OUTBOUND, frozenset())  # subscribed at start() when not running
+
     def _received(self, client: paho.Client, msg: paho.MQTTMessage, direction: Direction) -> None:
         payload = bytes(msg.payload)
+        if is_reply_copy(msg):
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+            with contextlib.suppress(MessageDecodeError):  # the group's member counts it
+                self._requests.offer(codec.decode(payload, max_size=self.max_message_size))
+            return
         deliveries = 2 if msg.dup else 1  # MQTT tells only whether it was sent before
         delivery = Delivery(msg.mid, msg.qos, self.connection, direction, deliveries, payload, msg.topic)
         try:

@@ -22,8 +22,19 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...errors import BusConnectionError
 from ...metrics import Metrics
+from .client import SUBSCRIBE, new_properties
 
-__all__ = ["Subscriptions"]
+__all__ = ["REPLY_SUBSCRIPTION", "Subscriptions", "is_reply_copy"]
+
+#: The subscription identifier of the filters that read replies to requests beside a shared subscription.
+REPLY_SUBSCRIPTION = 1
+
+
+def is_reply_copy(msg: paho.MQTTMessage) -> bool:
+    """Whether the broker delivered *msg* for a filter subscribed with :data:`REPLY_SUBSCRIPTION`."""
+    properties = getattr(msg, "properties", None)
+    return REPLY_SUBSCRIPTION in (getattr(properties, "SubscriptionIdentifier", None) or ())
+
 
 logger = logging.getLogger("nekobot_bus.mqtt")
 
@@ -46,22 +57,47 @@ class Subscriptions:
         and so are the answers it still owed."""
         self._held, self._awaited, self._topics_of = set(), set(), {}
 
-    def change(self, client: paho.Client, wanted: set[str], up: Callable[[], bool]) -> None:
-        """Ask the broker to make the held filters *wanted*, if the connection is *up*; do not wait."""
+    def change(
+        self,
+        client: paho.Client,
+        wanted: set[str],
+        up: Callable[[], bool],
+        *,
+        identified: frozenset[str] = frozenset(),
+    ) -> None:
+        """Ask the broker to make the held filters *wanted*, if the connection is *up*; do not wait.
+
+        :param identified: filters subscribed with :data:`REPLY_SUBSCRIPTION`
+            as their subscription identifier, which the broker puts on each
+            message it delivers for them: a message that matches one of these
+            and a shared subscription of the same topic comes twice, told apart so.
+        """
         with self._changed:
             if not up():
                 return
             add, drop = sorted(wanted - self._held), sorted(self._held - wanted)
             self._held = set(wanted)
-            if add:
-                mid = client.subscribe([(topic, SubscribeOptions(qos=self._qos)) for topic in add])[1]
-                if mid is not None:
-                    self._awaited.add(mid)
-                    self._topics_of[mid] = add
+            for topics, identifier in (
+                ([t for t in add if t not in identified], None),
+                ([t for t in add if t in identified], REPLY_SUBSCRIPTION),
+            ):
+                if topics:
+                    self._subscribe(client, topics, identifier)
             if drop:
                 mid = client.unsubscribe(drop)[1]
                 if mid is not None:
                     self._awaited.add(mid)
+
+    def _subscribe(self, client: paho.Client, topics: list[str], identifier: int | None) -> None:
+        properties = None
+        if identifier is not None:
+            properties = new_properties(SUBSCRIBE)
+            properties.SubscriptionIdentifier = identifier
+        options = SubscribeOptions(qos=self._qos)
+        mid = client.subscribe([(topic, options) for topic in topics], properties=properties)[1]
+        if mid is not None:
+            self._awaited.add(mid)
+            self._topics_of[mid] = topics
 
     def on_suback(self, _client: paho.Client, _userdata: Any, mid: int, codes: Any, _props: Any) -> None:
         """paho's ``on_subscribe`` and ``on_unsubscribe``, on the network thread."""

@@ -68,6 +68,7 @@ from .jetstream import JetStreamNames, ensure_consumer, ensure_streams
 from .one_shot import run_once
 from .options import JetStreamOptions
 from .puller import Puller
+from .replies import ReplySubscriptions
 from .settle import Delivery, JetStreamSettler
 from .subjects import token
 
@@ -121,6 +122,7 @@ class NatsQueueBus(NatsBase):
         )
         self._progress: asyncio.Task[None] | None = None
         self._applying: asyncio.Lock | None = None  # made on the loop, which it belongs to
+        self._replies = ReplySubscriptions(self.subjects, self.max_message_size, self._requests.offer)
 
     def _settler(self, direction: Direction) -> JetStreamSettler:
         return self._settling
@@ -142,6 +144,13 @@ class NatsQueueBus(NatsBase):
 
     def _forget_subscriptions(self) -> None:
         self._pullers.clear()
+        self._replies.forget()
+
+    def _listen_for_replies(self, channel_id: str) -> None:
+        """A core subscription of the channel's outbound subject (replies.py): a puller would
+        take other processes' messages."""
+        self._replies.channels |= {channel_id}
+        self._handlers_changed(Direction.OUTBOUND, frozenset())  # applied at start() when not running
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         """Stop pulling; with *drain*, first let the group take what its streams hold now."""
@@ -214,6 +223,7 @@ class NatsQueueBus(NatsBase):
             )
             self._pullers[(direction, channel)] = puller
             await puller.start()
+        await self._replies.apply(self._client)
         await self._client.flush(self._flush_timeout)
 
     def _credit_of(self, direction: Direction) -> Any:

@@ -49,7 +49,7 @@ REDIRECTS = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
 #: subcommand's (``XGROUP CREATE``, ``XINFO STREAM``) follows the subcommand.
 _KEY_AT = {
     "SPUBLISH": 1, "SET": 1, "GET": 1, "DEL": 1, "PEXPIRE": 1, "EXISTS": 1, "EVALSHA": 3, "EVAL": 3,
-    "XADD": 1, "XACK": 1, "XCLAIM": 1, "XPENDING": 1, "XGROUP": 2, "XINFO": 2,
+    "XADD": 1, "XACK": 1, "XREVRANGE": 1, "XCLAIM": 1, "XPENDING": 1, "XGROUP": 2, "XINFO": 2,
     "SADD": 1, "SMEMBERS": 1, "ZREM": 1,
 }  # fmt: skip
 

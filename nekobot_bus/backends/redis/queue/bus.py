@@ -94,6 +94,7 @@ from .acker import Acker
 from .ledger import Entry, Ledger
 from .progress import GroupProgress
 from .reader import BLOCK, StreamReader
+from .replies import ReplyTail
 from .settle import StreamSettler
 
 __all__ = ["RedisStreamBus"]
@@ -172,16 +173,8 @@ class RedisStreamBus(RedisBase):
         if isinstance(self.server, ClusterNodes):
             # All of the bus's keys in one slot (its scripts and transactions span streams,
             # dedup keys and leases), read on a connection to that slot's primary.
-            assert isinstance(self._runner, ClusterRunner)
             self.keys = self.keys.in_one_slot()
-            self._link = ReaderLink(
-                self.server.slot_pool(self.keys.prefix, self._runner.slots, **self._reader_options),
-                address=self.address,
-                name=self.reader_name,
-                metrics=self._metrics,
-                stopping=self._stopping,
-                reachability=self._reachability,
-            )
+            self._link = self._new_link(self.reader_name)
         options: QueueOptions = self._delivery_options
         self.group = options.group
         self.consumer = options.consumer or _process_consumer()
@@ -212,6 +205,32 @@ class RedisStreamBus(RedisBase):
             max_deliveries=self.max_deliveries,
             retry_backoff=self.retry_backoff,
             dedup_window=self.dedup_window,
+        )
+
+        self._replies = ReplyTail(
+            self._new_link("Redis reply reader"),
+            self._runner,
+            self.keys,
+            stopping=self._stopping,
+            shards=self.shards,
+            max_message_size=self.max_message_size,
+            offer=self._requests.offer,
+        )
+
+    def _new_link(self, name: str) -> ReaderLink:
+        """A supervised connection of its own, to the server (the slot's primary) the streams are on."""
+        if isinstance(self.server, ClusterNodes):
+            assert isinstance(self._runner, ClusterRunner)
+            pool = self.server.slot_pool(self.keys.prefix, self._runner.slots, **self._reader_options)
+        else:
+            pool = self.server.pool(**self._reader_options)
+        return ReaderLink(
+            pool,
+            address=self.address,
+            name=name,
+            metrics=self._metrics,
+            stopping=self._stopping,
+            reachability=self._reachability,
         )
 
     def _settler(self, direction: Direction) -> Settler[Entry]:
@@ -259,6 +278,13 @@ class RedisStreamBus(RedisBase):
                     f"{self.address} unreachable?); it does once it is connected again"
                 )
 
+    def _listen_for_replies(self, channel_id: str) -> None:
+        """Read the channel's outbound streams without a group (replies.py): taking them in
+        as a handler would take other processes' messages."""
+        self._replies.watch(channel_id)
+        if self.running:
+            self._replies.start()
+
     # -- lifecycle --------------------------------------------------------
 
     def _start_transport(self) -> None:
@@ -296,6 +322,7 @@ class RedisStreamBus(RedisBase):
                 + (f": {why}" if why else "")
             )
         self._acker.start()
+        self._replies.start()
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         reading = self._reader_thread is not None and self._reader_thread.is_alive()
@@ -305,7 +332,8 @@ class RedisStreamBus(RedisBase):
         self._stopping.set()
         self._link.interrupt()
         self._hold.drop_all()
-        return join_all([self._reader_thread] if self._reader_thread is not None else [], deadline)
+        alive = self._replies.stop(deadline)
+        return alive + join_all([self._reader_thread] if self._reader_thread is not None else [], deadline)
 
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
         alive = self._acker.stop(deadline)
@@ -317,6 +345,7 @@ class RedisStreamBus(RedisBase):
                 leases.release_all()
         self._runner.close()
         self._link.close()
+        self._replies.close()
         return alive
 
     def _leave_group(self) -> None:
