@@ -240,7 +240,7 @@ class Bus(abc.ABC):
         pending = self._ask(message)
         if not pending.wait(timeout):
             error = RequestTimeoutError(f"no reply to request {message.id!r} came within {timeout} s")
-            if self._requests.abandon(pending, "request_timeouts", error):
+            if self._forget(pending, error, timed_out=True):
                 raise error
         return pending.result()
 
@@ -262,14 +262,15 @@ class Bus(abc.ABC):
             self._watch_replies(message.channel_id)
             self._send(Direction.INBOUND, message)
         except BaseException as exc:
-            if self._requests.abandon(pending, "request_failures", exc):
+            if self._forget(pending, exc):
                 raise
             # Ended meanwhile: stop() woke it (a stop breaks a subscription in progress).
         return pending
 
-    def _forget(self, pending: PendingRequest, error: BaseException) -> bool:
-        """End *pending* with *error* (counted ``request_failures``), unless it ended already."""
-        return self._requests.abandon(pending, "request_failures", error)
+    def _forget(self, pending: PendingRequest, error: BaseException, *, timed_out: bool = False) -> bool:
+        """End *pending* with *error*, counted ``request_timeouts`` or ``request_failures``, unless
+        it ended already (its reply came meanwhile: take that)."""
+        return self._requests.abandon(pending, "request_timeouts" if timed_out else "request_failures", error)
 
     def _watch_replies(self, channel_id: str) -> None:
         """Make sure the outbound messages of *channel_id* reach this bus from now on.
