@@ -12,7 +12,11 @@ then POST an update the way Telegram does::
 
 The view turns the update into ``send_inbound``; an echo agent answers; the
 outbound handler "delivers" each reply (here: prints it and keeps it for
-``GET /telegram/sent``). The extension's views, ``GET /bus/health`` and
+``GET /telegram/sent``). A Slack-style slash command answers in its own
+HTTP response instead, through ``bus.request``::
+
+    curl -X POST localhost:8080/slack/command -d user_id=U7 -d channel_id=C42 -d text=hello
+ The extension's views, ``GET /bus/health`` and
 ``GET /bus/metrics``, are mounted for requests from this machine only. Set
 ``NEKOBOT_BUS`` to a config (JSON) to run the same app on Redis, with the
 agent in another process, under gunicorn with several workers::
@@ -36,10 +40,12 @@ from typing import Any
 
 from flask import Flask, abort, jsonify, request
 
-from nekobot_bus import Message, NekobotBusError
+from nekobot_bus import Message, NekobotBusError, RequestTimeoutError
 from nekobot_bus.flask import NekobotBus
 
 LOOPBACK = {"127.0.0.1", "::1"}
+#: Slack wants a slash command's answer within 3 s; what is left is for the network.
+SLACK_WAIT = 2.5
 
 
 def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True) -> Flask:
@@ -76,6 +82,7 @@ def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True)
             nekobot.bus.send_outbound(message.reply(f"echo: {message.content}"))
 
         nekobot.bus.register_inbound_handler("telegram", agent)
+        nekobot.bus.register_inbound_handler("slack", agent)
 
     @app.post("/telegram/webhook")
     def webhook() -> tuple[str, int]:
@@ -98,6 +105,26 @@ def create_app(config: dict[str, Any] | None = None, *, with_agent: bool = True)
             app.logger.warning("update %s not taken: %s", update.get("update_id"), exc)
             return "bus unavailable, try again", 503
         return "", 204
+
+    @app.post("/slack/command")
+    def slash_command() -> Any:
+        form = request.form
+        if "text" not in form:
+            return "no text", 400
+        asked = Message(
+            channel_id="slack",
+            session_id=str(form.get("channel_id", "")),
+            user_id=str(form.get("user_id", "")),
+            content=str(form["text"]),
+        )
+        try:
+            reply = nekobot.bus.request(asked, timeout=SLACK_WAIT)
+        except RequestTimeoutError:
+            return jsonify(response_type="ephemeral", text="The agent is still thinking; try again.")
+        except NekobotBusError as exc:
+            app.logger.warning("slash command not taken: %s", exc)
+            return "bus unavailable, try again", 503
+        return jsonify(response_type="in_channel", text=reply.content)
 
     @app.get("/telegram/sent")
     def sent() -> Any:

@@ -64,13 +64,42 @@ def test_agent_and_console_as_two_processes_on_redis(redis_server: RedisServer) 
             agent.communicate()
 
 
+def test_the_asyncio_bot_asks_an_agent_process_over_redis(redis_server: RedisServer) -> None:
+    agent = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "redis_agent.py"), "--redis-url", redis_server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == "agent ready"
+        done = example("asyncio_bot.py", "--redis-url", redis_server.url, stdin="ping\npong\n")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            "agent> agent heard 'ping' on asyncio-bot",
+            "agent> agent heard 'pong' on asyncio-bot",
+        ]
+        agent.communicate("", timeout=WAIT)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate()
+
+
+def test_the_asyncio_bot_says_when_no_agent_listens(redis_server: RedisServer) -> None:
+    done = example("asyncio_bot.py", "--redis-url", redis_server.url, stdin="anyone?\n")
+    assert done.returncode == 1
+    assert "no agent is listening" in done.stderr
+
+
 def test_the_console_says_when_no_agent_listens(redis_server: RedisServer) -> None:
     done = example("redis_console.py", "--redis-url", redis_server.url, stdin="anyone?\n")
     assert done.returncode == 1
     assert "no agent is listening" in done.stderr
 
 
-@pytest.mark.parametrize("name", ["redis_agent.py", "redis_console.py"])
+@pytest.mark.parametrize("name", ["redis_agent.py", "redis_console.py", "asyncio_bot.py"])
 def test_the_redis_examples_say_once_why_redis_could_not_be_reached(name: str) -> None:
     done = example(name, "--redis-url", f"redis://127.0.0.1:{free_port()}/0", stdin="")
     assert done.returncode == 3
@@ -80,11 +109,12 @@ def test_the_redis_examples_say_once_why_redis_could_not_be_reached(name: str) -
     assert "Connection refused" in line
 
 
-def request(port: int, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+def request(port: int, method: str, path: str, body: object = None, *, form: str = "") -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        data = None if body is None else json.dumps(body)
-        conn.request(method, path, data, {"Content-Type": "application/json"})
+        data = form or (None if body is None else json.dumps(body))
+        kind = "application/x-www-form-urlencoded" if form else "application/json"
+        conn.request(method, path, data, {"Content-Type": kind})
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -116,6 +146,9 @@ def test_flask_webhook_gateway() -> None:
             }
             assert request(port, "POST", "/telegram/webhook", update)[0] == 204
         assert request(port, "POST", "/telegram/webhook", {"update_id": 9})[0] == 400
+        status, body = request(port, "POST", "/slack/command", form="user_id=U7&channel_id=C42&text=hi+there")
+        assert status == 200
+        assert json.loads(body) == {"response_type": "in_channel", "text": "echo: hi there"}
         deadline = time.monotonic() + WAIT
         while True:
             sent = json.loads(request(port, "GET", "/telegram/sent")[1])

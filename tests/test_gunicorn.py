@@ -276,3 +276,54 @@ def wait_for_claims(client: Any, count: int) -> dict[str, str]:
             return {k.decode().rsplit(":", 1)[1]: v.decode() for k, v in zip(keys, owners, strict=True)}
         time.sleep(0.1)
     pytest.fail(f"only {len(keys)} of {count} replies were claimed")
+
+
+def slash_command(port: int, n: int) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = f"user_id=U{n}&channel_id=C{n % 5}&text=command+{n}"
+        conn.request("POST", "/slack/command", body, {"Content-Type": "application/x-www-form-urlencoded"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_slash_commands_answer_each_in_its_own_response_across_workers(
+    gunicorn: tuple[int, subprocess.Popen[str]], redis_server: RedisServer
+) -> None:
+    """bus.request in whichever worker took the HTTP request gets the agent's reply to it, and no other."""
+    port, server = gunicorn
+    agent = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "redis_agent.py"), "--redis-url", redis_server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    answers: dict[int, tuple[int, dict[str, Any]]] = {}
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == "agent ready"
+        numbers = iter(range(60))
+        lock = threading.Lock()
+
+        def client() -> None:
+            while True:
+                with lock:
+                    n = next(numbers, None)
+                if n is None:
+                    return
+                answers[n] = slash_command(port, n)
+
+        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        replies_delivered(server)
+    finally:
+        agent.communicate("", timeout=30)
+    assert answers == {
+        n: (200, {"response_type": "in_channel", "text": f"agent heard 'command {n}' on slack"})
+        for n in range(60)
+    }
