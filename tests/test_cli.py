@@ -268,10 +268,33 @@ def test_bench_local_json_and_plot(tmp_path: Path) -> None:
     assert threaded["p50_us"] > 0
     assert threaded["rate_per_s"] > 0
     assert threaded["claim"] == "~1 us"
-    assert {t["target"] for t in report["targets"]} >= {"threaded p50 latency / queue.Queue p50"}
+    assert {t["target"] for t in report["targets"]} >= {
+        "threaded p50 latency / queue.Queue p50",
+        "LocalBus request p50 / the round trip by hand p50",
+    }
+    for name in ("LocalBus request", "LocalBus round trip by hand (baseline)", "AsyncBus request (local)"):
+        assert report["results"][names.index(name)]["p50_us"] > 0
+    assert re.search(
+        r"p50 \d+\.\dx the threaded", report["results"][names.index("AsyncBus request (local)")]["note"]
+    )
     workers = [row for row in report["scaling"] if row["series"] == "workers"]
     assert [row["workers"] for row in workers] == [1, 4, 16]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_measures_redis_requests_beside_the_round_trip_by_hand(redis_server: RedisServer) -> None:
+    done = run(
+        "bench", "--backend", "redis", "--redis-url", redis_server.url, "--count", "200", "--rounds", "1",
+        "--json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    by_name = {r["name"]: r for r in report["results"]}
+    assert by_name["RedisBus request"]["p50_us"] > 0
+    assert by_name["RedisBus round trip by hand (baseline)"]["p50_us"] > 0
+    [target] = [t for t in report["targets"] if t["target"].startswith("RedisBus request p50")]
+    assert target["measured"] > 0
+    assert "LocalBus request" not in by_name, "only the backends asked for"
 
 
 def test_bench_names_an_unreachable_redis_and_how_to_start_one() -> None:

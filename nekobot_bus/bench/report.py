@@ -29,6 +29,8 @@ TARGETS = [
     ("mqtt_queue_p50_vs_fanout", "MQTT shared-subscription queue p50 / MQTT fan-out p50", 3.0, "max"),
     ("cluster_p50_vs_redis", "Redis Cluster fan-out p50 / one Redis fan-out p50", 1.5, "max"),
     ("cluster_rate_vs_redis", "Redis Cluster send_many rate / one Redis send_many rate", 0.5, "min"),
+    ("local_request_vs_by_hand", "LocalBus request p50 / the round trip by hand p50", 1.2, "max"),
+    ("redis_request_vs_by_hand", "RedisBus request p50 / the round trip by hand p50", 1.2, "max"),
 ]
 
 RESULT_COLUMNS = [

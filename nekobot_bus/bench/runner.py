@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -130,6 +131,10 @@ def _measure(
 
         lanes.append((steps_mqtt(options), run_mqtt))
     redis_ok = "redis" in servers
+    if options.backends & {"local", "redis"}:
+        from .requests import run_requests, steps_requests  # noqa: PLC0415
+
+        lanes.append((steps_requests(options, redis_ok), functools.partial(run_requests, redis_ok=redis_ok)))
     results: list[Result] = []
     ratios: dict[str, float] = {}
     scaling: list[dict[str, object]] = []
