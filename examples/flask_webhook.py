@@ -16,8 +16,9 @@ outbound handler "delivers" each reply (here: prints it and keeps it for
 HTTP response instead, through ``bus.request``::
 
     curl -X POST localhost:8080/slack/command -d user_id=U7 -d channel_id=C42 -d text=hello
- The extension's views, ``GET /bus/health`` and
-``GET /bus/metrics``, are mounted for requests from this machine only. Set
+
+The extension's views, ``GET /bus/health`` and ``GET /bus/metrics``, are
+mounted for requests from this machine only. Set
 ``NEKOBOT_BUS`` to a config (JSON) to run the same app on Redis, with the
 agent in another process, under gunicorn with several workers::
 

@@ -33,8 +33,10 @@ event loop free:
   Cancelling the awaiting task ends the request (``request_failures``);
   its timeout ends it as on the threaded bus (``request_timeouts``).
 
-Register handlers before :meth:`AsyncBus.start`, or from the loop: on a
-running remote bus a registration waits for the server to confirm it.
+Register handlers before :meth:`AsyncBus.start`: on a running remote bus a
+registration waits for the server to confirm it, holding the loop for that
+round trip. Catch :class:`~nekobot_bus.RequestTimeoutError` for a request's
+timeout (before Python 3.11 it is not an ``asyncio.TimeoutError``).
 Stop the bus with ``await bus.stop()`` (or ``async with``), never with the
 wrapped bus's own ``stop()`` on the loop: draining waits for coroutine
 handlers, which need the loop running.
@@ -43,13 +45,14 @@ handlers, which need the loop running.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from .bus import Bus, as_direction
 from .config import ConfigSource, create_bus
@@ -147,7 +150,7 @@ class AsyncBus:
 
     def _handler(self, handler: AsyncHandler) -> Callable[[Message], object]:
         check_handler(handler)
-        if not inspect.iscoroutinefunction(handler):
+        if not _is_coroutine_function(handler):
             return handler
         try:
             loop = asyncio.get_running_loop()
@@ -184,7 +187,8 @@ class AsyncBus:
         replied: asyncio.Future[PendingRequest] = loop.create_future()
 
         def ended(pending: PendingRequest) -> None:  # any thread; the reply's reader, mostly
-            loop.call_soon_threadsafe(_settle, replied, pending)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it any more
+                loop.call_soon_threadsafe(_settle, replied, pending)
 
         asking = loop.run_in_executor(self._pool(Direction.INBOUND), self.bus._ask, message, ended)
         try:
@@ -198,6 +202,7 @@ class AsyncBus:
             error = RequestTimeoutError(f"no reply to request {message.id!r} came within {timeout} s")
             if self.bus._forget(pending, error, timed_out=True):
                 raise error from None
+            await replied  # its reply (or stop()) is ending it on another thread, now
         except asyncio.CancelledError:
             self.bus._forget(pending, asyncio.CancelledError())
             raise
@@ -221,6 +226,8 @@ class AsyncBus:
         return self.bus.health()
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        if self._calls_ended:
+            raise BusClosedError(f"{self!r} was stopped")
         return await asyncio.get_running_loop().run_in_executor(self._calls, function, *args)
 
     async def _send(self, direction: Direction, function: Callable[..., None], *args: Any) -> None:
@@ -245,16 +252,29 @@ def _run_on(
 
     :raises RuntimeError: the loop stopped before the coroutine finished (it is cancelled).
     """
+    if (
+        _running_loop() is loop
+    ):  # a blocking call of the bus on the loop, inline dispatch: it would wait for itself
+        raise RuntimeError(f"handler {handler!r} would wait for the event loop it is called on")
     future = asyncio.run_coroutine_threadsafe(_await(handler, message), loop)
-    while True:
-        try:
-            future.result(_LOOP_CHECK)
-            return
-        except (TimeoutError, FutureTimeout):  # one class from 3.11; two before
-            pass
+    while not concurrent.futures.wait([future], _LOOP_CHECK).done:
         if not loop.is_running():
             future.cancel()
             raise RuntimeError(f"the event loop of handler {handler!r} stopped before it finished")
+    future.result()  # what the handler raised, if anything
+
+
+def _is_coroutine_function(handler: object) -> TypeGuard[Callable[[Message], Awaitable[object]]]:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callability
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _await(handler: Callable[[Message], Awaitable[object]], message: Message) -> None:

@@ -41,7 +41,7 @@ class Bus(abc.ABC):
 
     Keyword arguments are the :class:`~nekobot_bus.DispatchOptions`
     (``queue_size``, ``workers``, ``send_timeout``, ``dispatch``,
-    with the same defaults and rules as in a config.
+    ``max_requests``), with the same defaults and rules as in a config.
     """
 
     #: The ``bus.type`` whose config builds exactly this class, for a backend
@@ -230,18 +230,23 @@ class Bus(abc.ABC):
         outbound messages in from then on (a subscription, on a remote bus),
         so that no reply can come before the bus listens.
 
-        :param timeout: seconds to wait for the reply; ``None`` waits until it
+        :param timeout: seconds to wait for the reply once the send returned
+            (the send may take up to ``send_timeout``, and the first request
+            on a channel its subscription as long); ``None`` waits until it
             comes or the bus stops.
         :raises RequestTimeoutError: no reply came in time; the request is forgotten.
         :raises BusClosedError: the bus stopped before the reply came.
         :raises BusFullError: ``max_requests`` requests are pending, or the send found no room.
         :raises BusConnectionError: a remote bus could not send it, or listen for its reply.
+        :raises ValueError: a request of the same message id is pending.
+        :raises RuntimeError: the bus was not started.
         """
         pending = self._ask(message)
         if not pending.wait(timeout):
             error = RequestTimeoutError(f"no reply to request {message.id!r} came within {timeout} s")
             if self._forget(pending, error, timed_out=True):
                 raise error
+            pending.wait(None)  # its reply (or stop()) is ending it on another thread, now
         return pending.result()
 
     def _ask(
@@ -257,6 +262,10 @@ class Bus(abc.ABC):
             that ends it; it must not block.
         """
         message = message if type(message) is Message else as_message(message)
+        if self._state == _NEW:
+            raise RuntimeError(
+                f"start {self!r} before a request: a reply could come before the bus listens for it"
+            )
         pending = self._requests.open(message, on_done)
         try:
             self._watch_replies(message.channel_id)
@@ -281,9 +290,10 @@ class Bus(abc.ABC):
         if channel_id in self._watched:  # without the lock: the path of every later request
             return
         with self._watch_lock:
-            if channel_id not in self._watched:
-                self._listen_for_replies(channel_id)
-                self._watched.add(channel_id)
+            if channel_id in self._watched:
+                return
+            self._listen_for_replies(channel_id)
+            self._watched.add(channel_id)
 
     def _listen_for_replies(self, channel_id: str) -> None:
         """Have every outbound message of *channel_id* from now on reach ``self._requests.offer``;

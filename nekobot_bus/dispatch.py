@@ -92,8 +92,8 @@ class Dispatcher(Handling[T]):
         process handles it (a group of processes sharing the work); a message
         it turns away is counted ``claimed_elsewhere``.
     :param intake_bytes: the budget of :meth:`offer`, in bytes.
-    :param observe: shown each message as it comes in, before it is queued
-        (replies to requests, :mod:`nekobot_bus.requests`); must not block.
+    :param observe: shown each message once it was taken, before its handlers
+        run (replies to requests, :mod:`nekobot_bus.requests`); must not block.
     """
 
     def __init__(
@@ -154,13 +154,15 @@ class Dispatcher(Handling[T]):
         :raises BusFullError: the queue stayed full for *timeout* seconds.
         :raises BusClosedError: the dispatcher was stopped.
         """
-        if self._observe is not None:
-            self._observe(message)
         if not self._inline:
             self._put(self._queue_for(message), Item(message, _NO_TICKET), timeout)
+            if self._observe is not None:
+                self._observe(message)
             return
         # Inline: the plain path, spelled out in one call (it is the latency claim).
         if not self._live and self._held_before_start(message):
+            if self._observe is not None:
+                self._observe(message)
             return
         if self._discarded:  # a plain attribute: Event.is_set() is a Python call
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
@@ -173,6 +175,8 @@ class Dispatcher(Handling[T]):
         if self._discarded:  # stop() may have set it meanwhile, which mypy cannot know
             metrics.finished(self._dropped_key)  # type: ignore[unreachable]
             raise BusClosedError(f"the bus is stopped; message {message.id!r} was not sent")
+        if self._observe is not None:
+            self._observe(message)
         handlers = self._registry.lookup(message.channel_id)
         if handlers:
             for handler in handlers:
@@ -214,8 +218,6 @@ class Dispatcher(Handling[T]):
             :data:`MESSAGE_OVERHEAD` until a worker takes the message.
         :returns: whether the message was taken.
         """
-        if self._observe is not None:
-            self._observe(message)
         item = Item(message, ticket, size + MESSAGE_OVERHEAD)
         if not self._intake.reserve(item.size):
             self._metrics.accepted(self._accepted_key)
@@ -228,6 +230,8 @@ class Dispatcher(Handling[T]):
             self._metrics.accepted(self._accepted_key)
             self._drop(item, "the bus is stopping")
             return False
+        if self._observe is not None:
+            self._observe(message)
         return True
 
     def put_waiting(self, message: Message, ticket: T, timeout: float) -> bool:
@@ -237,12 +241,12 @@ class Dispatcher(Handling[T]):
         queue delivery's reader): a ``False`` is counted nowhere, the caller
         still owns the message. Also ``False`` once the dispatcher is stopped.
         """
-        if self._observe is not None:
-            self._observe(message)
         try:
             self._queue_for(message).put(Item(message, ticket), timeout=timeout)
         except (queue.Full, QueueClosed):
             return False
+        if self._observe is not None:
+            self._observe(message)
         return True
 
     def room(self) -> int:

@@ -16,8 +16,8 @@ Each request ends once, counted under one name:
   woken with :class:`~nekobot_bus.BusClosedError`), or (asyncio) the waiting
   task was cancelled.
 
-So ``requests`` = those three + ``requests_pending`` (a gauge), at any
-instant. At most ``max_requests`` are pending at once; one more raises
+So ``requests`` = those three + ``requests_pending`` (a gauge) whenever
+no request is starting or ending. At most ``max_requests`` are pending at once; one more raises
 :class:`~nekobot_bus.BusFullError` at once.
 
 Thread-safe: requests open and end on any thread; replies are offered by the
@@ -27,6 +27,7 @@ freed when it ends.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -35,6 +36,8 @@ from .message import Message
 from .metrics import Metrics
 
 __all__ = ["REQUEST_COUNTERS", "REQUEST_GAUGES", "PendingRequest", "PendingRequests"]
+
+logger = logging.getLogger("nekobot_bus")
 
 #: The counters every bus keeps for its requests.
 REQUEST_COUNTERS = ("requests", "request_replies", "request_timeouts", "request_failures")
@@ -77,7 +80,10 @@ class PendingRequest:
         self._reply, self._error = reply, error
         self._done.set()
         if self._on_done is not None:
-            self._on_done(self)
+            try:
+                self._on_done(self)
+            except Exception:  # the thread that ended it is a reader's or stop()'s: it goes on
+                logger.exception("the callback of request %r failed", self.message_id)
 
 
 class PendingRequests:
@@ -118,6 +124,11 @@ class PendingRequests:
         self._metrics.move("requests_pending", 1)
         return pending
 
+    @property
+    def waiting(self) -> bool:
+        """Whether any request awaits a reply: a reader may skip decoding when none does."""
+        return bool(self._pending)
+
     def offer(self, message: Message) -> None:
         """An outbound message reached this bus: end the request it replies to, if one is pending.
 
@@ -132,8 +143,8 @@ class PendingRequests:
             self._ended(pending, "request_replies", message, None)
 
     def abandon(self, pending: PendingRequest, counter: str, error: BaseException) -> bool:
-        """End *pending* with *error*, counted under *counter*; ``False`` if it had ended already
-        (its reply came meanwhile: take that instead)."""
+        """End *pending* with *error*, counted under *counter*; ``False`` if another thread is
+        ending it (its reply came meanwhile): :meth:`PendingRequest.wait` for that, then take it."""
         with self._lock:
             if self._pending.get(pending.message_id) is not pending:
                 return False

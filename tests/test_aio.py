@@ -218,7 +218,7 @@ def test_the_loop_is_not_held_while_redis_is_unreachable(redis_server: RedisServ
                     asyncio.sleep(0.5),
                     return_exceptions=True,
                 )
-            assert await bus.stop(timeout=5, drain=False) is not None
+            await bus.stop(timeout=5, drain=False)
         assert all(isinstance(o, BusConnectionError) for o in outcomes[:4]), outcomes
         assert ticker.worst < 0.05, f"the loop was held {ticker.worst * 1000:.0f} ms"
 
@@ -261,3 +261,44 @@ def test_a_coroutine_handler_registered_outside_a_loop_is_refused() -> None:
     with pytest.raises(RuntimeError, match="from a coroutine"):
         bus.register_inbound_handler("telegram", handle)
     asyncio.run(bus.stop())
+
+
+def test_a_coroutine_handler_that_raises_a_timeout_is_counted_and_frees_its_worker() -> None:
+    async def test() -> None:
+        async with create_async_bus({"bus": {"workers": 1}}) as bus:
+
+            async def asks_in_vain(message: Message) -> None:
+                await bus.request(Message(channel_id="nobody", content=message.content), timeout=0.05)
+
+            async def times_out(_message: Message) -> None:
+                raise asyncio.TimeoutError
+
+            bus.register_inbound_handler("asking", asks_in_vain)
+            bus.register_inbound_handler("timing-out", times_out)
+            await bus.send_inbound(Message(channel_id="asking", session_id="s"))
+            await bus.send_inbound(Message(channel_id="timing-out", session_id="s"))
+            assert await bus.wait_idle(WAIT), "a worker is stuck on a handler that raised a timeout"
+            metrics = bus.get_metrics()
+        assert (metrics["errors"], metrics["handled_in"], metrics["request_timeouts"]) == (2, 2, 1)
+
+    run(test)
+
+
+def test_an_object_with_an_async_call_is_awaited() -> None:
+    class Collector:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        async def __call__(self, message: Message) -> None:
+            await asyncio.sleep(0)
+            self.seen.append(message.content)
+
+    async def test() -> None:
+        collector = Collector()
+        async with create_async_bus() as bus:
+            bus.register_inbound_handler("telegram", collector)
+            await bus.send_inbound(Message(channel_id="telegram", content="x"))
+            assert await bus.wait_idle(WAIT)
+        assert collector.seen == ["x"]
+
+    run(test)

@@ -89,7 +89,8 @@ def test_the_reply_reader_runs_only_once_a_request_was_made(
     def reply_readers() -> int:
         return sum(t.name == "nekobot-bus-redis-queue-replies" for t in threading.enumerate())
 
+    before = reply_readers()  # another test's, still ending, would count
     _, requester = _agent_and_requester(buses, redis_server)
-    assert reply_readers() == 0
+    assert reply_readers() == before
     requester.request(Message(channel_id="webhook"), timeout=WAIT)
-    assert reply_readers() == 1
+    assert reply_readers() == before + 1

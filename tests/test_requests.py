@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nekobot_bus import BusClosedError, BusFullError, Message, RequestTimeoutError
+from nekobot_bus import BusClosedError, BusFullError, LocalBus, Message, RequestTimeoutError
 from nekobot_bus.bus import Bus
 
 from .conftest import BusFactory
@@ -148,3 +148,31 @@ def test_a_reply_still_reaches_the_outbound_handlers_it_would_reach_without_a_re
     assert sorted(delivered) == sorted(m.id for m in asked), "a request took a reply away from its handler"
     if backend_config["bus"].get("delivery") == "queue":
         assert requester.get_metrics()["messages_out"] == 0, "a queue member took outbound messages"
+
+
+def test_a_request_before_start_is_refused_saying_why(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    with pytest.raises(RuntimeError, match="before a request"):
+        bus.request(Message(channel_id="webhook"), timeout=1)
+    assert bus.get_metrics()["requests"] == 0
+
+
+def test_a_reply_that_comes_as_the_timeout_fires_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply's thread has taken the request, not yet ended it, when the timeout fires."""
+    bus = LocalBus()
+    _echo(bus)
+    ending = threading.Event()
+    count = bus._metrics.incr
+
+    def slow_reply_count(key: str, amount: int = 1) -> None:
+        if key == "request_replies":
+            ending.wait(WAIT)  # between taking the request and ending it
+        count(key, amount)
+
+    monkeypatch.setattr(bus._metrics, "incr", slow_reply_count)
+    with bus:
+        threading.Timer(0.5, ending.set).start()
+        reply = bus.request(Message(channel_id="webhook", content="late"), timeout=0.1)
+    assert reply.content == "echo late"
+    counts = _request_counts(bus)
+    assert (counts["request_replies"], counts["request_timeouts"]) == (1, 0)

@@ -111,6 +111,7 @@ class MqttBase(Bus):
         self._subscriptions = Subscriptions(self._state_changed, self._metrics, self.address, self.mqtt.qos)
         #: Plain filters read for replies to requests beside the delivery's own (queue.py).
         self._reply_filters: frozenset[str] = frozenset()
+        self._subscription_ids = True  # what the broker's CONNACK said; they tell reply copies apart
         self._marker_topic = self.topics.marker(uuid.uuid4().hex)
         self._markers_sent = 0
         self._markers_back = 0
@@ -223,6 +224,12 @@ class MqttBase(Bus):
                 self._metrics.incr("connection_errors")
             return
         self._publisher.broker_max = int(getattr(props, "MaximumPacketSize", 0) or 0)
+        self._subscription_ids = bool(getattr(props, "SubscriptionIdentifierAvailable", 1))
+        if self._reply_filters and not self._subscription_ids:
+            logger.warning(
+                "the MQTT broker at %s has no subscription identifiers: replies to requests are not read",
+                self.address,
+            )
         no_delay(client)
         with self._state_changed:
             self._connects += 1
@@ -277,7 +284,7 @@ class MqttBase(Bus):
         level(channel_id)  # a channel id MQTT would misread is refused before anything changes
 
     def _wanted(self) -> set[str]:
-        wanted = {self._marker_topic, *self._reply_filters}
+        wanted = {self._marker_topic, *(self._reply_filters if self._subscription_ids else ())}
         for direction in Direction:
             channels = self._registries[direction].channels()
             # The wildcard covers every channel; exact ones too would deliver twice.

@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 
 from ... import codec
 from ...dispatch import MESSAGE_OVERHEAD, Direction
-from ...errors import MessageDecodeError
+from ...errors import BusConnectionError, MessageDecodeError
 from ...message import Message
 from ...settle import DeadLetter, Outcome, Release, RetryAt, RetryPolicy, RetrySettler, Settler
 from .base import MqttBase
@@ -105,6 +105,11 @@ class MqttQueueBus(RetrySettler[Delivery], MqttBase):
         """A plain subscription of the channel's outbound topic, beside the group's shared one
         (which would take other processes' messages); its copies are told apart by their
         subscription identifier and go to the requests alone, acknowledged at once."""
+        if not self._subscription_ids:
+            raise BusConnectionError(
+                f"the MQTT broker at {self.address} has no subscription identifiers, which a request "
+                "on the queue delivery needs to tell its reply from the group's copy"
+            )
         self._reply_filters |= {self.topics.messages(Direction.OUTBOUND, channel_id)}
         self._handlers_changed(Direction.OUTBOUND, frozenset())  # subscribed at start() when not running
 
@@ -113,8 +118,9 @@ class MqttQueueBus(RetrySettler[Delivery], MqttBase):
         if is_reply_copy(msg):
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
-            with contextlib.suppress(MessageDecodeError):  # the group's member counts it
-                self._requests.offer(codec.decode(payload, max_size=self.max_message_size))
+            if self._requests.waiting:
+                with contextlib.suppress(MessageDecodeError):  # the group's member counts it
+                    self._requests.offer(codec.decode(payload, max_size=self.max_message_size))
             return
         deliveries = 2 if msg.dup else 1  # MQTT tells only whether it was sent before
         delivery = Delivery(msg.mid, msg.qos, self.connection, direction, deliveries, payload, msg.topic)

@@ -122,7 +122,7 @@ class NatsQueueBus(NatsBase):
         )
         self._progress: asyncio.Task[None] | None = None
         self._applying: asyncio.Lock | None = None  # made on the loop, which it belongs to
-        self._replies = ReplySubscriptions(self.subjects, self.max_message_size, self._requests.offer)
+        self._replies = ReplySubscriptions(self.subjects, self.max_message_size, self._requests)
 
     def _settler(self, direction: Direction) -> JetStreamSettler:
         return self._settling

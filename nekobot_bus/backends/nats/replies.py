@@ -16,7 +16,6 @@ An outbound message that is not a message is passed over: the group counts it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,7 +24,7 @@ from nats.aio.subscription import Subscription
 from ... import codec
 from ...dispatch import Direction
 from ...errors import MessageDecodeError
-from ...message import Message
+from ...requests import PendingRequests
 from .subjects import Subjects
 
 __all__ = ["ReplySubscriptions"]
@@ -36,13 +35,13 @@ logger = logging.getLogger("nekobot_bus.nats")
 class ReplySubscriptions:
     """The core subscriptions of the outbound subjects a bus awaits replies on; the loop's alone.
 
-    :param offer: given each message read; must not block.
+    :param requests: what each message read is offered to, decoded only while one waits.
     """
 
-    def __init__(self, subjects: Subjects, max_message_size: int, offer: Callable[[Message], None]) -> None:
+    def __init__(self, subjects: Subjects, max_message_size: int, requests: PendingRequests) -> None:
         self._subjects = subjects
         self._max_message_size = max_message_size
-        self._offer = offer
+        self._requests = requests
         self.channels: frozenset[str] = frozenset()  # set by any thread, read on the loop
         self._held: dict[str, Subscription] = {}
 
@@ -57,9 +56,11 @@ class ReplySubscriptions:
         self._held.clear()
 
     async def _read(self, msg: Msg) -> None:
+        if not self._requests.waiting:
+            return
         try:
             message = codec.decode(msg.data, max_size=self._max_message_size)
         except MessageDecodeError as exc:  # the group's consumer counts it
             logger.debug("a reply candidate on %s is not a message: %s", msg.subject, exc)
             return
-        self._offer(message)
+        self._requests.offer(message)

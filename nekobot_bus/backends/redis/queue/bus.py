@@ -214,7 +214,7 @@ class RedisStreamBus(RedisBase):
             stopping=self._stopping,
             shards=self.shards,
             max_message_size=self.max_message_size,
-            offer=self._requests.offer,
+            requests=self._requests,
         )
 
     def _new_link(self, name: str) -> ReaderLink:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from .... import codec
 from ...._threads import join_all
 from ....dispatch import Direction
 from ....errors import MessageDecodeError
-from ....message import Message
+from ....requests import PendingRequests
 from ..client import CommandRunner
 from ..keyspace import Keyspace
 from ..reader_link import ReaderLink
@@ -48,7 +47,7 @@ class ReplyTail:
 
     :param link: the thread's supervised connection, which stops on *stopping*.
     :param shards: the queue's ``shards`` (``0``: one stream per channel).
-    :param offer: given each message read; must not block.
+    :param requests: what each message read is offered to, decoded only while one waits.
     """
 
     def __init__(
@@ -60,7 +59,7 @@ class ReplyTail:
         stopping: threading.Event,
         shards: int,
         max_message_size: int,
-        offer: Callable[[Message], None],
+        requests: PendingRequests,
     ) -> None:
         self._link = link
         self._stopping = stopping
@@ -68,7 +67,7 @@ class ReplyTail:
         self._keys = keys
         self._shards = shards
         self._max_message_size = max_message_size
-        self._offer = offer
+        self._requests = requests
         self._lock = threading.Lock()
         self._positions: dict[str, Any] = {}  # stream -> the last entry id read (or seen at watch)
         self._thread: threading.Thread | None = None
@@ -90,10 +89,6 @@ class ReplyTail:
         with self._lock:
             for stream, last in zip(streams, replies, strict=True):
                 self._positions.setdefault(stream, last[0][0] if last else b"0-0")
-
-    @property
-    def watching(self) -> bool:
-        return bool(self._positions)
 
     def start(self) -> None:
         """Start the thread, once a channel is watched and the bus runs; again, nothing."""
@@ -129,10 +124,12 @@ class ReplyTail:
                         self._positions[stream] = entry_id
 
     def _take(self, stream: str, fields: Any) -> None:
+        if not self._requests.waiting:
+            return
         payload = pairs(fields).get(b"message", b"")
         try:
             message = codec.decode(payload, max_size=self._max_message_size)
         except MessageDecodeError as exc:  # the group's consumer counts it
             logger.debug("a reply candidate on %s is not a message: %s", stream, exc)
             return
-        self._offer(message)
+        self._requests.offer(message)
