@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,14 +10,38 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PREFIX", "Agent", "wait_until_handled"]
+__all__ = ["PREFIX", "Agent", "example_agent", "wait_until_handled"]
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 20.0
 #: The agents' key prefix on Redis; on NATS, tests pass a subject prefix of their own.
 PREFIX = "nekobot:bus:"
+
+
+@contextlib.contextmanager
+def example_agent(redis_url: str) -> Iterator[subprocess.Popen[str]]:
+    """``examples/redis_agent.py`` on *redis_url*, ready; at the end its stdin is closed (it prints
+    its count and exits) and, if it did not, it is killed."""
+    agent = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "redis_agent.py"), "--redis-url", redis_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == "agent ready"
+        yield agent
+    finally:
+        if agent.poll() is None:
+            try:
+                agent.communicate("", timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.communicate()
 
 
 class Agent:

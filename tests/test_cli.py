@@ -252,6 +252,14 @@ def test_send_rejects_bad_input_with_exit_2(redis_server: RedisServer) -> None:
     assert "needs a Redis bus" in local.stderr
 
 
+def small_bench(*args: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``bench`` with *args*, 200 messages, one round, as JSON: the report and its lines by name."""
+    done = run("bench", *args, "--count", "200", "--rounds", "1", "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    return report, {r["name"]: r for r in report["results"]}
+
+
 def test_bench_local_json_and_plot(tmp_path: Path) -> None:
     plot = tmp_path / "bench.png"
     done = run(
@@ -283,13 +291,7 @@ def test_bench_local_json_and_plot(tmp_path: Path) -> None:
 
 
 def test_bench_measures_redis_requests_beside_the_round_trip_by_hand(redis_server: RedisServer) -> None:
-    done = run(
-        "bench", "--backend", "redis", "--redis-url", redis_server.url, "--count", "200", "--rounds", "1",
-        "--json", "--no-progress",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    by_name = {r["name"]: r for r in report["results"]}
+    report, by_name = small_bench("--backend", "redis", "--redis-url", redis_server.url)
     assert by_name["RedisBus request"]["p50_us"] > 0
     assert by_name["RedisBus round trip by hand (baseline)"]["p50_us"] > 0
     [target] = [t for t in report["targets"] if t["target"].startswith("RedisBus request p50")]
@@ -511,13 +513,7 @@ def test_bench_reports_what_redis_cut_instead_of_stalling(tmp_path: Path) -> Non
 
 
 def test_bench_measures_nats_beside_bare_nats_py(shared_nats: NatsServer) -> None:
-    done = run(
-        "bench", "--backend", "nats", "--nats-url", shared_nats.url, "--count", "200", "--rounds", "1",
-        "--json", "--no-progress",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    lines = {r["name"]: r for r in report["results"]}
+    report, lines = small_bench("--backend", "nats", "--nats-url", shared_nats.url)
     assert lines["nats-py publish/subscribe (baseline)"]["p50_us"] > 0
     assert lines["NatsBus fan-out"]["p50_us"] > 0
     assert lines["NatsBus fan-out"]["rate_per_s"] > 0
@@ -525,13 +521,7 @@ def test_bench_measures_nats_beside_bare_nats_py(shared_nats: NatsServer) -> Non
 
 
 def test_bench_measures_the_jetstream_queue_and_leaves_no_stream(shared_nats: NatsServer) -> None:
-    done = run(
-        "bench", "--backend", "nats-queue", "--nats-url", shared_nats.url, "--count", "200", "--rounds", "1",
-        "--json", "--no-progress",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    lines = {r["name"]: r for r in report["results"]}
+    report, lines = small_bench("--backend", "nats-queue", "--nats-url", shared_nats.url)
     assert lines["NatsQueueBus JetStream queue"]["p50_us"] > 0
     assert lines["NatsQueueBus queue, send_many"]["rate_per_s"] > 0
     assert [t["target"] for t in report["targets"]] == ["NATS JetStream queue p50 / NATS fan-out p50"]
@@ -547,13 +537,9 @@ def test_bench_measures_the_jetstream_queue_and_leaves_no_stream(shared_nats: Na
 
 
 def test_bench_measures_mqtt_beside_bare_paho(shared_mosquitto: MosquittoBroker) -> None:
-    done = run(
-        "bench", "--backend", "mqtt", "--backend", "mqtt-queue", "--mqtt-url", shared_mosquitto.url,
-        "--count", "200", "--rounds", "1", "--json", "--no-progress",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    lines = {r["name"]: r for r in report["results"]}
+    report, lines = small_bench(
+        "--backend", "mqtt", "--backend", "mqtt-queue", "--mqtt-url", shared_mosquitto.url
+    )
     assert lines["paho-mqtt publish/subscribe (baseline)"]["p50_us"] > 0
     assert lines["MqttBus fan-out"]["p50_us"] > 0
     assert lines["MqttBus fan-out"]["rate_per_s"] > 0
@@ -568,14 +554,10 @@ def test_bench_measures_mqtt_beside_bare_paho(shared_mosquitto: MosquittoBroker)
 def test_bench_measures_a_cluster_beside_one_redis(
     shared_cluster: ClusterSet, redis_server: RedisServer
 ) -> None:
-    done = run(
-        "bench", "--backend", "redis-cluster", "--redis-url", redis_server.url,
-        "--redis-cluster-nodes", ",".join(shared_cluster.addresses()), "--count", "200", "--rounds", "1",
-        "--json", "--no-progress",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    lines = {r["name"]: r for r in report["results"]}
+    nodes = ",".join(shared_cluster.addresses())
+    report, lines = small_bench(
+        "--backend", "redis-cluster", "--redis-url", redis_server.url, "--redis-cluster-nodes", nodes
+    )
     for name in (
         "RedisBus on one Redis (beside the cluster)",
         "RedisBus on a Redis Cluster, sharded pub/sub",

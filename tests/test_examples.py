@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .agents import example_agent
 from .redis_server import RedisServer, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -40,15 +41,7 @@ def test_console_echo() -> None:
 
 
 def test_agent_and_console_as_two_processes_on_redis(redis_server: RedisServer) -> None:
-    agent = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "redis_agent.py"), "--redis-url", redis_server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "agent ready"
+    with example_agent(redis_server.url) as agent:
         done = example("redis_console.py", "--redis-url", redis_server.url, stdin="ping\npong\n")
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == [
@@ -56,35 +49,18 @@ def test_agent_and_console_as_two_processes_on_redis(redis_server: RedisServer) 
             "agent> agent heard 'pong' on console",
         ]
         out, _ = agent.communicate("", timeout=WAIT)
-        assert agent.returncode == 0
-        assert out.strip() == "agent answered 2 messages"
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.communicate()
+    assert agent.returncode == 0
+    assert out.strip() == "agent answered 2 messages"
 
 
 def test_the_asyncio_bot_asks_an_agent_process_over_redis(redis_server: RedisServer) -> None:
-    agent = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "redis_agent.py"), "--redis-url", redis_server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "agent ready"
+    with example_agent(redis_server.url):
         done = example("asyncio_bot.py", "--redis-url", redis_server.url, stdin="ping\npong\n")
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines() == [
-            "agent> agent heard 'ping' on asyncio-bot",
-            "agent> agent heard 'pong' on asyncio-bot",
-        ]
-        agent.communicate("", timeout=WAIT)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.communicate()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "agent> agent heard 'ping' on asyncio-bot",
+        "agent> agent heard 'pong' on asyncio-bot",
+    ]
 
 
 def test_the_asyncio_bot_says_when_no_agent_listens(redis_server: RedisServer) -> None:

@@ -14,14 +14,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from nekobot_bus import Message, decode, encode
 
+from .agents import example_agent
 from .redis_server import RedisServer, free_port
 
 TESTS = Path(__file__).resolve().parent
@@ -33,6 +34,8 @@ CLIENTS = 8
 WAIT = 60.0
 
 pytestmark = pytest.mark.timeout(120)
+
+T = TypeVar("T")
 
 
 def post(port: int, update_id: int) -> int:
@@ -133,25 +136,31 @@ def gunicorn(redis_server: RedisServer) -> Iterator[tuple[int, subprocess.Popen[
         yield served
 
 
-def post_all(port: int) -> None:
-    ids = iter(range(1, UPDATES + 1))
+def from_clients(numbers: range, call: Callable[[int], T]) -> dict[int, T]:
+    """``call(n)`` for each of *numbers*, from CLIENTS threads at once: each result by its number."""
+    pending = iter(numbers)
     lock = threading.Lock()
-    statuses: list[int] = []
+    results: dict[int, T] = {}
 
     def client() -> None:
         while True:
             with lock:
-                update_id = next(ids, None)
-            if update_id is None:
+                n = next(pending, None)
+            if n is None:
                 return
-            statuses.append(post(port, update_id))
+            results[n] = call(n)
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(WAIT)
-    assert statuses.count(204) == UPDATES
+    return results
+
+
+def post_all(port: int) -> None:
+    statuses = from_clients(range(1, UPDATES + 1), lambda update_id: post(port, update_id))
+    assert list(statuses.values()).count(204) == UPDATES
 
 
 def replies_delivered(server: subprocess.Popen[str]) -> Counter[str]:
@@ -169,20 +178,10 @@ def test_with_a_python_agent_each_reply_is_delivered_once(
     gunicorn: tuple[int, subprocess.Popen[str]], redis_server: RedisServer
 ) -> None:
     port, server = gunicorn
-    agent = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "redis_agent.py"), "--redis-url", redis_server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "agent ready"
+    with example_agent(redis_server.url):
         post_all(port)
         wait_for_outbound(redis_server, UPDATES)
         delivered = replies_delivered(server)
-    finally:
-        agent.communicate("", timeout=30)
     assert delivered == Counter({f"agent heard 'update {n}' on telegram": 1 for n in range(1, UPDATES + 1)})
 
 
@@ -294,35 +293,9 @@ def test_slash_commands_answer_each_in_its_own_response_across_workers(
 ) -> None:
     """bus.request in whichever worker took the HTTP request gets the agent's reply to it, and no other."""
     port, server = gunicorn
-    agent = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "redis_agent.py"), "--redis-url", redis_server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    answers: dict[int, tuple[int, dict[str, Any]]] = {}
-    try:
-        assert agent.stdout is not None
-        assert agent.stdout.readline().strip() == "agent ready"
-        numbers = iter(range(60))
-        lock = threading.Lock()
-
-        def client() -> None:
-            while True:
-                with lock:
-                    n = next(numbers, None)
-                if n is None:
-                    return
-                answers[n] = slash_command(port, n)
-
-        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT)
+    with example_agent(redis_server.url):
+        answers = from_clients(range(60), lambda n: slash_command(port, n))
         replies_delivered(server)
-    finally:
-        agent.communicate("", timeout=30)
     assert answers == {
         n: (200, {"response_type": "in_channel", "text": f"agent heard 'command {n}' on slack"})
         for n in range(60)
