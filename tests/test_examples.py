@@ -75,14 +75,25 @@ def test_the_console_says_when_no_agent_listens(redis_server: RedisServer) -> No
     assert "no agent is listening" in done.stderr
 
 
-@pytest.mark.parametrize("name", ["redis_agent.py", "redis_console.py", "asyncio_bot.py"])
-def test_the_redis_examples_say_once_why_redis_could_not_be_reached(name: str) -> None:
-    done = example(name, "--redis-url", f"redis://127.0.0.1:{free_port()}/0", stdin="")
-    assert done.returncode == 3
-    [line] = done.stderr.splitlines()
-    assert line.startswith("error: Redis at redis://127.0.0.1:")
-    assert "unreachable for 5.0 s while connecting" in line
-    assert "Connection refused" in line
+def test_the_redis_examples_say_once_why_redis_could_not_be_reached() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    running = {  # all at once: each waits its send_timeout for Redis
+        name: subprocess.Popen(
+            [sys.executable, str(EXAMPLES / name), "--redis-url", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("redis_agent.py", "redis_console.py", "asyncio_bot.py")
+    }
+    for name, process in running.items():
+        _, err = process.communicate("", timeout=60)
+        assert process.returncode == 3, (name, err)
+        [line] = err.splitlines()
+        assert line.startswith("error: Redis at redis://127.0.0.1:"), name
+        assert "unreachable for 5.0 s while connecting" in line, name
+        assert "Connection refused" in line, name
 
 
 def request(port: int, method: str, path: str, body: object = None, *, form: str = "") -> tuple[int, bytes]:

@@ -106,7 +106,7 @@ def test_credentials_are_never_shown(
                 "type": "nats",
                 "delivery": delivery,
                 "nats_url": [url, "nats://s3cr3t-token@127.0.0.1:1"],
-                "send_timeout": 2.0,
+                "send_timeout": 0.5,
             }
         },
     )

@@ -127,9 +127,12 @@ def test_pending_requests_are_bounded(make_bus: BusFactory) -> None:
         wait_for_metric(bus, "requests_pending", 2)
         with pytest.raises(BusFullError, match=r"bus\.max_requests"):
             bus.request(Message(channel_id="unanswered"), timeout=WAIT)
+        started = time.monotonic()
         assert bus.stop(timeout=10)
         for thread in threads:
             thread.join(WAIT)
+        # Also a request still waiting for its channel's subscription when the bus stopped.
+        assert time.monotonic() - started < 3.0
     counts = _request_counts(bus)
     assert (counts["requests"], counts["request_failures"]) == (2, 2), "the refused one was never opened"
 

@@ -262,6 +262,10 @@ class NatsBase(Bus):
             return
         try:
             self._loop.call(self._apply_subscriptions(), self._timeout)
+        except RuntimeError:
+            if self._stopping.is_set():
+                raise BusClosedError(f"{self!r} stopped while its subscriptions changed") from None
+            raise
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise BusConnectionError(
                 f"NATS at {self.address} did not confirm the subscription change within "

@@ -60,7 +60,7 @@ class LoopThread:
         """Run *coroutine* on the loop and return its result, waiting at most *timeout* seconds.
 
         :raises TimeoutError: the time was up (the coroutine is cancelled).
-        :raises RuntimeError: the loop is not running.
+        :raises RuntimeError: the loop is not running, or stopped before the coroutine finished.
         """
         loop = self.loop
         if loop is None or not loop.is_running():
@@ -72,6 +72,8 @@ class LoopThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"no result within {timeout} s") from None
+        except concurrent.futures.CancelledError:  # stop() cancelled what still ran on the loop
+            raise RuntimeError("the event loop stopped before the call finished") from None
 
     def stop(self, timeout: float) -> threading.Thread | None:
         """Stop the loop (cancelling what still runs on it); return its thread if it outlived *timeout*."""

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from ..._threads import join_all
+from ...errors import BusClosedError
 from .compat import read_reply
 from .reader_link import ReaderLink
 
@@ -63,10 +64,22 @@ class Subscriptions:
                 self.confirmed = generation
                 self._cond.notify_all()
 
-    def wait(self, generation: int, timeout: float | None) -> bool:
-        """Wait until Redis confirmed *generation* (or a later one)."""
+    #: How often a wait looks at whether the bus is stopping.
+    STOP_CHECK = 0.1
+
+    def wait(self, generation: int, timeout: float | None, stopping: threading.Event | None = None) -> bool:
+        """Wait until Redis confirmed *generation* (or a later one).
+
+        :raises BusClosedError: *stopping* was set first: no confirmation will come.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: self.confirmed >= generation, timeout)
+            while not self._cond.wait_for(lambda: self.confirmed >= generation, self.STOP_CHECK):
+                if stopping is not None and stopping.is_set():
+                    raise BusClosedError("the bus stopped before Redis confirmed its subscriptions")
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+            return True
 
     def up_to_date(self) -> bool:
         with self._cond:

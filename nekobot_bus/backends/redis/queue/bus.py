@@ -35,6 +35,11 @@ backoff, until the entry has been delivered ``max_deliveries`` times; while
 it waits, only its own session waits behind it. The entries in hand are
 kept in the :mod:`.ledger`.
 
+The reply reader (``nekobot-bus-redis-queue-replies``, :mod:`.replies`)
+starts with the first ``request``: it reads the outbound streams of the
+channels asked on without a group, for the replies, on a connection of its
+own; it stops with the bus.
+
 Where a message can be when something dies
 ------------------------------------------
 
@@ -272,7 +277,7 @@ class RedisStreamBus(RedisBase):
                     timeout=0.5,
                 )
             timeout = self.send_timeout if self.send_timeout is not None else 30.0
-            if not self._subs.wait(generation, timeout):
+            if not self._subs.wait(generation, timeout, self._stopping):
                 raise BusConnectionError(
                     f"the reader did not take up the handler change within {timeout} s (Redis at "
                     f"{self.address} unreachable?); it does once it is connected again"
