@@ -142,11 +142,17 @@ class AsyncBus:
         """Call *handler* for each outbound message of *channel_id* (``"*"``: every channel)."""
         self.bus.register_outbound_handler(channel_id, self._handler(handler))
 
+    #: Alias of :meth:`register_outbound_handler`, as in the Go gateway.
+    register_handler = register_outbound_handler
+
     def unregister_inbound_handlers(self, channel_id: str) -> None:
         self.bus.unregister_inbound_handlers(channel_id)
 
     def unregister_outbound_handlers(self, channel_id: str) -> None:
         self.bus.unregister_outbound_handlers(channel_id)
+
+    #: Alias of :meth:`unregister_outbound_handlers`, as in the Go gateway.
+    unregister_handlers = unregister_outbound_handlers
 
     def _handler(self, handler: AsyncHandler) -> Callable[[Message], object]:
         check_handler(handler)
@@ -221,6 +227,9 @@ class AsyncBus:
 
     def get_metrics(self) -> dict[str, int]:
         return self.bus.get_metrics()
+
+    def gauge_names(self) -> frozenset[str]:
+        return self.bus.gauge_names()
 
     def health(self) -> dict[str, Any]:
         return self.bus.health()

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from ._options import DispatchOptions
 from .dispatch import DEFAULT_INTAKE_BYTES, Direction, Dispatcher, Handler, HandlerRegistry
-from .errors import BusClosedError, RequestTimeoutError
+from .errors import BusClosedError, BusNotStartedError, RequestTimeoutError
 from .message import WILDCARD, Message, validate_channel_id
 from .metrics import Metrics
 from .requests import REQUEST_COUNTERS, REQUEST_GAUGES, PendingRequest, PendingRequests
@@ -239,7 +239,8 @@ class Bus(abc.ABC):
         :raises BusFullError: ``max_requests`` requests are pending, or the send found no room.
         :raises BusConnectionError: a remote bus could not send it, or listen for its reply.
         :raises ValueError: a request of the same message id is pending.
-        :raises RuntimeError: the bus was not started.
+        :raises BusNotStartedError: the bus was not started (yet: a Flask app's bus starts in
+            the background; answer 503).
         """
         pending = self._ask(message)
         if not pending.wait(timeout):
@@ -263,7 +264,7 @@ class Bus(abc.ABC):
         """
         message = message if type(message) is Message else as_message(message)
         if self._state == _NEW:
-            raise RuntimeError(
+            raise BusNotStartedError(
                 f"start {self!r} before a request: a reply could come before the bus listens for it"
             )
         pending = self._requests.open(message, on_done)

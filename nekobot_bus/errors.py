@@ -13,6 +13,7 @@ __all__ = [
     "BusClosedError",
     "BusConnectionError",
     "BusFullError",
+    "BusNotStartedError",
     "BusReplyError",
     "ConfigError",
     "InvalidChannelError",
@@ -61,6 +62,10 @@ class BusClosedError(NekobotBusError, RuntimeError):
 
 class BusFullError(NekobotBusError, TimeoutError):
     """A send waited ``send_timeout`` seconds for room in a full queue."""
+
+
+class BusNotStartedError(NekobotBusError, RuntimeError):
+    """A call that needs a running bus (a request) came before :meth:`~nekobot_bus.Bus.start`."""
 
 
 class BusConnectionError(NekobotBusError, ConnectionError):

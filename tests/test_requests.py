@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from nekobot_bus import BusClosedError, BusFullError, LocalBus, Message, RequestTimeoutError
+from nekobot_bus import (
+    BusClosedError,
+    BusFullError,
+    BusNotStartedError,
+    LocalBus,
+    Message,
+    RequestTimeoutError,
+)
 from nekobot_bus.bus import Bus
 
 from .conftest import BusFactory
@@ -155,7 +162,7 @@ def test_a_reply_still_reaches_the_outbound_handlers_it_would_reach_without_a_re
 
 def test_a_request_before_start_is_refused_saying_why(make_bus: BusFactory) -> None:
     bus = make_bus()
-    with pytest.raises(RuntimeError, match="before a request"):
+    with pytest.raises(BusNotStartedError, match="before a request"):
         bus.request(Message(channel_id="webhook"), timeout=1)
     assert bus.get_metrics()["requests"] == 0
 
