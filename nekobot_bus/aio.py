@@ -190,11 +190,11 @@ class AsyncBus:
         :raises RequestTimeoutError: no reply came within *timeout* seconds of the send.
         """
         loop = asyncio.get_running_loop()
-        replied: asyncio.Future[PendingRequest] = loop.create_future()
+        replied: asyncio.Future[None] = loop.create_future()  # done once the request ended, however
 
-        def ended(pending: PendingRequest) -> None:  # any thread; the reply's reader, mostly
+        def ended(_pending: PendingRequest) -> None:  # any thread; the reply's reader, mostly
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it any more
-                loop.call_soon_threadsafe(_settle, replied, pending)
+                loop.call_soon_threadsafe(_settle, replied)
 
         asking = loop.run_in_executor(self._pool(Direction.INBOUND), self.bus._ask, message, ended)
         try:
@@ -248,10 +248,10 @@ class AsyncBus:
         return self._sends[direction]
 
 
-def _settle(replied: asyncio.Future[PendingRequest], pending: PendingRequest) -> None:
-    """On the loop: the request ended (the caller reads how from *pending*)."""
+def _settle(replied: asyncio.Future[None]) -> None:
+    """On the loop: the request ended (its awaiter reads how from the request)."""
     if not replied.done():
-        replied.set_result(pending)
+        replied.set_result(None)
 
 
 def _run_on(

@@ -271,7 +271,7 @@ class Bus(abc.ABC):
         try:
             self._watch_replies(message.channel_id)
             self._send(Direction.INBOUND, message)
-        except BaseException as exc:
+        except Exception as exc:
             if self._forget(pending, exc):
                 raise
             # Ended meanwhile: stop() woke it (a stop breaks a subscription in progress).

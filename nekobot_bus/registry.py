@@ -64,16 +64,13 @@ class HandlerRegistry:
             self._publish(by_channel)
         return len(removed)
 
-    def watch(self, channel_id: str) -> bool:
-        """Take *channel_id*'s messages in without a handler (replies to requests); ``False`` if it
-        was watched already. Watched for the registry's life: it has no handler to remove."""
+    def watch(self, channel_id: str) -> None:
+        """Take *channel_id*'s messages in without a handler (replies to requests), for the
+        registry's life: it has no handler to remove."""
         validate_channel_id(channel_id)
         with self._lock:
-            if channel_id in self._watched:
-                return False
             self._watched |= {channel_id}
             self._publish(self._by_channel)
-        return True
 
     def _publish(self, by_channel: dict[str, tuple[Handler, ...]]) -> None:
         wildcard = by_channel.get(WILDCARD, ())

@@ -65,9 +65,6 @@ class PendingRequest:
         """Wait until the request ended; ``False`` if *timeout* seconds passed first."""
         return self._done.wait(timeout)
 
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def result(self) -> Message:
         """The reply, once ended; or raise what ended it instead."""
         if self._error is not None:

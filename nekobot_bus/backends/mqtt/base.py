@@ -107,7 +107,8 @@ class MqttBase(Bus):
         self._connects = 0
         #: Changes at every connect and every disconnect: a packet id is valid only within one.
         self.connection = 0
-        self._publisher = Publisher(self._metrics, self.address, self.mqtt.qos)
+        self._closing = threading.Event()  # set as the connection closes: no PUBACK comes after
+        self._publisher = Publisher(self._metrics, self.address, self.mqtt.qos, self._closing)
         self._subscriptions = Subscriptions(self._state_changed, self._metrics, self.address, self.mqtt.qos)
         #: Plain filters read for replies to requests beside the delivery's own (queue.py).
         self._reply_filters: frozenset[str] = frozenset()
@@ -196,7 +197,9 @@ class MqttBase(Bus):
         half = time.monotonic() + (deadline - time.monotonic()) / 2
         if drain and self._client is not None and not self._round_trip(half):
             self._drain_failed = True
-        self._stopping.set()
+        with self._state_changed:  # a registration waiting for its SUBACK ends now (_handlers_changed)
+            self._stopping.set()
+            self._state_changed.notify_all()
         self._subscribe_to(set())
         with contextlib.suppress(BusConnectionError):  # the broker is away: nothing comes anyway
             self._confirm_subscriptions(max(0.1, min(1.0, deadline - time.monotonic())))
@@ -208,6 +211,7 @@ class MqttBase(Bus):
         client, self._client = self._client, None
         if client is None:
             return []
+        self._closing.set()  # a send still waiting for its PUBACK gives up
         client.disconnect()  # sent after what is queued before it
         thread = getattr(client, "_thread", None)
         client.loop_stop()  # joins: the thread wakes within a second even while reconnecting
@@ -292,9 +296,15 @@ class MqttBase(Bus):
         return wanted
 
     def _handlers_changed(self, direction: Direction, channels: frozenset[str]) -> None:
-        if self.running:
-            self._subscribe_to(self._wanted())
-            self._confirm_subscriptions(self._timeout)
+        if not self.running:
+            return
+        self._subscribe_to(self._wanted())
+        try:
+            self._subscriptions.confirm(self._timeout, lambda: self._up and not self._stopping.is_set())
+        except BusConnectionError:
+            if self._stopping.is_set():
+                raise BusClosedError(f"{self!r} stopped while its subscriptions changed") from None
+            raise
 
     def _confirm_subscriptions(self, timeout: float) -> None:
         self._subscriptions.confirm(timeout, lambda: self._up)

@@ -32,18 +32,23 @@ __all__ = ["Publisher"]
 _PUBLISH_OVERHEAD = 64
 #: The reason code of a PUBACK for a message no subscription matched (MQTT 5).
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: Seconds between two looks at whether the connection is closing, while a PUBACK is late
+#: (paho's wait cannot be woken otherwise; once closed, the network thread reads no PUBACK).
+_CLOSE_CHECK = 0.1
 
 
 class Publisher:
     """Publishes batches and waits for their PUBACKs. Thread-safe.
 
     :param qos: 1: wait for the broker's PUBACK of each; 0: for the write only.
+    :param closing: set when the bus closes its connection: a send still waiting gives up then.
     """
 
-    def __init__(self, metrics: Metrics, address: str, qos: int) -> None:
+    def __init__(self, metrics: Metrics, address: str, qos: int, closing: threading.Event) -> None:
         self._metrics = metrics
         self._address = address
         self._qos = qos
+        self._closing = closing
         self._lock = threading.Lock()  # guards the set only, never held across a paho call
         self._unrouted: set[int] = set()  # packet ids whose latest PUBACK said: no subscription
         #: The broker's Maximum Packet Size, from its last CONNACK; 0: it named none.
@@ -70,15 +75,19 @@ class Publisher:
         """Publish each (topic, payload) and wait up to *timeout* for the broker to confirm all.
 
         :returns: how many of them reached no subscription.
-        :raises BusConnectionError: not all confirmed in time (paho may still send the
-            others once reconnected).
+        :raises BusConnectionError: not all confirmed in time, or before the bus stopped
+            (paho may still send the others once reconnected).
         """
         deadline = time.monotonic() + timeout
         infos = [client.publish(topic, payload, qos=self._qos) for topic, payload in pairs]
         confirmed = 0
         try:
             for info in infos:
-                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                while not info.is_published() and not self._closing.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    info.wait_for_publish(min(left, _CLOSE_CHECK))
                 if not info.is_published():
                     break
                 confirmed += 1
@@ -88,9 +97,12 @@ class Publisher:
                 "it may still send a QoS 1 message once reconnected"
             ) from None
         if confirmed < len(pairs):
+            within = (
+                "before the bus closed its connection" if self._closing.is_set() else f"within {timeout} s"
+            )
             raise BusConnectionError(
                 f"the MQTT broker at {self._address} confirmed {confirmed} of {len(pairs)} message(s) "
-                f"within {timeout} s; the client may still send the others once reconnected"
+                f"{within}; the client may still send the others once reconnected"
             )
         if self._qos == 0:
             return 0

@@ -115,7 +115,7 @@ class MqttQueueBus(RetrySettler[Delivery], MqttBase):
 
     def _received(self, client: paho.Client, msg: paho.MQTTMessage, direction: Direction) -> None:
         payload = bytes(msg.payload)
-        if is_reply_copy(msg):
+        if self._reply_filters and is_reply_copy(msg):  # a reply read beside the group, for a request
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
             if self._requests.waiting:

@@ -199,7 +199,7 @@ class RedisBus(RedisBase):
             timeout = self.send_timeout if self.send_timeout is not None else 30.0
             deadline = time.monotonic() + timeout
             for subs, generation in readers.apply():  # the readers this change concerns
-                if not subs.wait(generation, max(0.0, deadline - time.monotonic()), self._stopping):
+                if not subs.wait(generation, max(0.0, deadline - time.monotonic())):
                     raise BusConnectionError(
                         f"Redis at {self.address} did not confirm the subscription change within "
                         f"{timeout} s; the reader applies it once it is connected again"
@@ -297,6 +297,7 @@ class RedisBus(RedisBase):
         if drain and self._readers is not None:
             self._read_back.wait(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
+        self._subs.close()
         alive = self._readers.stop(deadline) if self._readers is not None else []
         self._read_back.stopped()
         self._runner.close()

@@ -373,6 +373,7 @@ class ShardedReader:
             threads = list(self._threads)
         for reader in readers:
             reader.stopping.set()
+            reader.subs.close()
             reader.link.interrupt()
         alive = join_all(threads, deadline)
         for reader in readers:

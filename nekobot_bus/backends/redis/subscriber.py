@@ -46,6 +46,7 @@ class Subscriptions:
         self.wanted: frozenset[str] = always
         self.generation = 0
         self.confirmed = -1
+        self._closed = False  # the bus stopped: no confirmation will come
 
     def want(self, names: set[str]) -> int:
         """Ask for *names* (plus the permanent ones); return the generation to wait for."""
@@ -64,22 +65,24 @@ class Subscriptions:
                 self.confirmed = generation
                 self._cond.notify_all()
 
-    #: How often a wait looks at whether the bus is stopping.
-    STOP_CHECK = 0.1
+    def wait(self, generation: int, timeout: float | None) -> bool:
+        """Wait until Redis confirmed *generation* (or a later one); ``False`` after *timeout*.
 
-    def wait(self, generation: int, timeout: float | None, stopping: threading.Event | None = None) -> bool:
-        """Wait until Redis confirmed *generation* (or a later one).
-
-        :raises BusClosedError: *stopping* was set first: no confirmation will come.
+        :raises BusClosedError: the bus stopped first (:meth:`close`).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._cond.wait_for(lambda: self.confirmed >= generation, self.STOP_CHECK):
-                if stopping is not None and stopping.is_set():
-                    raise BusClosedError("the bus stopped before Redis confirmed its subscriptions")
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-            return True
+            self._cond.wait_for(lambda: self.confirmed >= generation or self._closed, timeout)
+            if self.confirmed >= generation:
+                return True
+            if self._closed:
+                raise BusClosedError("the bus stopped before Redis confirmed its subscriptions")
+            return False
+
+    def close(self) -> None:
+        """The bus stops: wake every :meth:`wait`, which raises from now on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def up_to_date(self) -> bool:
         with self._cond:

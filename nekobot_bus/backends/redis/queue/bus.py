@@ -277,7 +277,7 @@ class RedisStreamBus(RedisBase):
                     timeout=0.5,
                 )
             timeout = self.send_timeout if self.send_timeout is not None else 30.0
-            if not self._subs.wait(generation, timeout, self._stopping):
+            if not self._subs.wait(generation, timeout):
                 raise BusConnectionError(
                     f"the reader did not take up the handler change within {timeout} s (Redis at "
                     f"{self.address} unreachable?); it does once it is connected again"
@@ -335,6 +335,7 @@ class RedisStreamBus(RedisBase):
         if drain and reading and not self._progress.wait_caught_up(deadline):
             self._drain_failed = True
         self._stopping.set()
+        self._subs.close()
         self._link.interrupt()
         self._hold.drop_all()
         alive = self._replies.stop(deadline)

@@ -72,7 +72,7 @@ class ReplyTail:
         self._positions: dict[str, Any] = {}  # stream -> the last entry id read (or seen at watch)
         self._thread: threading.Thread | None = None
 
-    def streams_of(self, channel_id: str) -> list[str]:
+    def _streams_of(self, channel_id: str) -> list[str]:
         if not self._shards:
             return [self._keys.messages(Direction.OUTBOUND, channel_id)]
         return [self._keys.messages(Direction.OUTBOUND, channel_id, s) for s in range(self._shards)]
@@ -82,7 +82,7 @@ class ReplyTail:
 
         :raises BusConnectionError: Redis did not say where they end within ``send_timeout``.
         """
-        streams = self.streams_of(channel_id)
+        streams = self._streams_of(channel_id)
         replies = self._runner.run(
             [("XREVRANGE", s, "+", "-", "COUNT", 1) for s in streams], "finding where replies start"
         )
