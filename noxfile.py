@@ -24,12 +24,14 @@ EVERYTHING = ".[redis,nats,mqtt,test,bench,flask]"
 DOCS = ["README.rst", "CHANGES.rst", "benchmarks/README.rst", "tests/data/README.rst"]
 
 
-def lowest_declared(extra: str) -> list[str]:
-    """The *extra*'s requirements in ``setup.cfg`` pinned to their floors: ``redis==5.0.0``."""
+def lowest_declared(extra: str | None = None) -> list[str]:
+    """The requirements of *extra* in ``setup.cfg`` (``None``: the package's own) pinned to their
+    floors: ``redis==5.0.0``."""
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg", encoding="utf-8")
+    lines = setup["options"]["install_requires"] if extra is None else setup["options.extras_require"][extra]
     pins = []
-    for line in setup["options.extras_require"][extra].split("\n"):
+    for line in lines.split("\n"):
         match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*", line)
         if match:
             pins.append(f"{match[1]}=={match[2]}")
@@ -46,17 +48,22 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[0])
 def redis_floor(session: nox.Session) -> None:
     """Every test that touches Redis (``-k redis``: the Redis modules, and the contract, CLI and
-    bench tests on Redis) on the oldest Python with the oldest redis-py and hiredis declared.
+    bench tests on Redis), and those of the codec, the message and the configuration, on the
+    oldest Python with the oldest redis-py and hiredis declared, and the oldest attrs, cattrs
+    and orjson.
 
     The other backends' tests do not import redis-py; the tests sessions run them on every
     Python already, and leaving them out here keeps CI well under its 30 minutes.
     """
-    pins = lowest_declared("redis")
+    pins = lowest_declared("redis") + lowest_declared()
     session.install("-e", EVERYTHING, *pins)
     session.run(
-        "python", "-c", "import redis, hiredis; print('redis-py', redis.__version__, hiredis.__version__)"
+        "python",
+        "-c",
+        "import importlib.metadata as m; print(*(f'{p} {m.version(p)}' for p in "
+        "('redis', 'hiredis', 'attrs', 'cattrs', 'orjson')), sep=', ')",
     )
-    session.run("python", "-m", "pytest", "-k", "redis", *session.posargs)
+    session.run("python", "-m", "pytest", "-k", "redis or codec or message or config", *session.posargs)
 
 
 @nox.session(python=PYTHONS[1])
