@@ -49,10 +49,9 @@ class Intake:
 
     def __init__(self, limit: int, metrics: Metrics, gauge: str) -> None:
         self.limit = limit
-        self._metrics = metrics
-        self._gauge = gauge
         self._lock = threading.Lock()
         self._used = 0
+        metrics.follow(gauge, lambda: self._used)  # read at each snapshot: no lock per message
 
     def reserve(self, size: int) -> bool:
         """Take *size* bytes of the budget; ``False`` (nothing taken) when they do not fit."""
@@ -60,13 +59,11 @@ class Intake:
             if self._used + size > self.limit:
                 return False
             self._used += size
-        self._metrics.move(self._gauge, size)
         return True
 
     def release(self, size: int) -> None:
         with self._lock:
             self._used -= size
-        self._metrics.move(self._gauge, -size)
 
 
 class WorkQueue(Generic[T]):

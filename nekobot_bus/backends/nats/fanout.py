@@ -42,11 +42,12 @@ from nats.aio.subscription import Subscription
 
 from ... import codec
 from ...dispatch import Direction
-from ...errors import BusConnectionError, MessageDecodeError
+from ...errors import BusClosedError, BusConnectionError, MessageDecodeError
 from ...message import WILDCARD, Message
 from ..read_back import NextMarker, ReadBack
 from ..start_hold import NothingSent
 from .base import NatsBase, Unreachable
+from .confirm import confirm
 from .options import FanoutOptions
 from .subjects import Subjects, token
 
@@ -151,7 +152,7 @@ class NatsBus(NatsBase):
                 pending_msgs_limit=_PENDING_MESSAGES,
                 pending_bytes_limit=self.nats.intake_bytes,
             )
-        await client.flush(self._flush_timeout)  # the server has them: a message sent now is received
+        await confirm(client, self._flush_timeout)  # the server has them: a message sent now is received
         subjects = set(wanted)
         self._read_back.unsubscribed(lambda d, s: _covered(s, d, subjects, self.subjects))
 
@@ -181,12 +182,14 @@ class NatsBus(NatsBase):
             codec.encode(message, max_size=self.max_message_size)
             if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
                 return
-        self.send_many(direction, (message,))
+        if self._stopping.is_set():
+            raise BusClosedError("the bus is stopped; nothing was sent")
+        self._publish_batch(direction, [message])
 
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
         if not batch:
             return
-        subjects = [self.subjects.messages(direction, token(m.channel_id)) for m in batch]
+        subjects = [self.subjects.messages(direction, m.channel_id) for m in batch]
         payloads = [codec.encode(m, max_size=self.max_message_size) for m in batch]
         local = self._registries[direction].channels()
         mine = {
@@ -224,7 +227,7 @@ class NatsBus(NatsBase):
         reading = getattr(client, "_reading_task", None)
         if not client.is_connected or reading is None or reading.done():
             raise ConnectionError("the connection broke before the server confirmed")
-        await client.flush(self._flush_timeout)
+        await confirm(client, self._flush_timeout)
         if not client.is_connected:
             raise ConnectionError("the connection broke before the server confirmed")
 

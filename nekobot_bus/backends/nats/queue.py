@@ -64,6 +64,7 @@ from ...settle import DeadLetter, RetryPolicy
 from ..start_hold import NothingSent
 from . import group_state
 from .base import NatsBase, Unreachable
+from .confirm import confirm
 from .jetstream import JetStreamNames, ensure_consumer, ensure_streams
 from .one_shot import run_once
 from .options import JetStreamOptions
@@ -181,7 +182,7 @@ class NatsQueueBus(NatsBase):
         client = self._client
         if client is not None:
             with contextlib.suppress(Exception):  # acks in the client's buffer go out first
-                await client.flush(1)
+                await confirm(client, 1)
 
     # -- consumers ----------------------------------------------------------------
 
@@ -224,7 +225,7 @@ class NatsQueueBus(NatsBase):
             self._pullers[(direction, channel)] = puller
             await puller.start()
         await self._replies.apply(self._client)
-        await self._client.flush(self._flush_timeout)
+        await confirm(self._client, self._flush_timeout)
 
     def _credit_of(self, direction: Direction) -> Any:
         dispatcher = self._dispatchers[direction]

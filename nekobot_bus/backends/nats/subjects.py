@@ -22,6 +22,8 @@ DEFAULT_SUBJECT_PREFIX = "nekobot.bus"
 
 _TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no space
 _NOT_IN_A_TOKEN = frozenset(".*>")
+#: Subjects each Subjects keeps built and parsed: every channel of a usual deployment.
+_KEPT = 4096
 
 
 class Subject(NamedTuple):
@@ -40,15 +42,34 @@ class Subjects:
             )
         self.prefix = prefix
         self._depth = len(tokens)
+        # What messages() and parse() said, as they are on every message's path: the few
+        # channels of a deployment, bounded (each dict operation is atomic: thread-safe).
+        self._built: dict[tuple[Direction, str], str] = {}
+        self._parsed: dict[str, Subject | None] = {}
 
     def messages(self, direction: Direction, channel_id: str) -> str:
         """The subject of *channel_id* in *direction*; for ``"*"``, the one that matches every channel."""
-        if channel_id == WILDCARD:
-            return f"{self.prefix}.{direction.value}.>"
-        return f"{self.prefix}.{direction.value}.{token(channel_id)}"
+        subject = self._built.get((direction, channel_id))
+        if subject is None:
+            if channel_id == WILDCARD:
+                subject = f"{self.prefix}.{direction.value}.>"
+            else:
+                subject = f"{self.prefix}.{direction.value}.{token(channel_id)}"
+            if len(self._built) < _KEPT:
+                self._built[direction, channel_id] = subject
+        return subject
 
     def parse(self, subject: str) -> Subject | None:
         """The direction and channel of a message subject, or ``None`` for any other subject."""
+        try:
+            return self._parsed[subject]
+        except KeyError:
+            parsed = self._parse(subject)
+        if len(self._parsed) < _KEPT:
+            self._parsed[subject] = parsed
+        return parsed
+
+    def _parse(self, subject: str) -> Subject | None:
         tokens = subject.split(".")
         if len(tokens) != self._depth + 2 or ".".join(tokens[: self._depth]) != self.prefix:
             return None

@@ -76,6 +76,7 @@ from typing import Any
 from ... import codec
 from ...dispatch import Direction
 from ...errors import (
+    BusClosedError,
     BusConnectionError,
     ConfigError,
     MessageDecodeError,
@@ -88,6 +89,7 @@ from .base import RedisBase
 from .cluster import ClusterRunner
 from .every import SETTLE_SECONDS, EveryCopies
 from .group import GroupClaims
+from .keyspace import Name
 from .options import FanoutOptions
 from .sharded import ShardedReader, link_maker
 from .subscriber import SingleReader, Subscriptions, covers, read_subscribed
@@ -96,6 +98,9 @@ from .topology import ClusterNodes
 __all__ = ["RedisBus"]
 
 logger = logging.getLogger("nekobot_bus.redis")
+
+#: Channel names whose parse the reader keeps: every channel of a usual deployment, bounded.
+_NAMES_KEPT = 4096
 
 
 class RedisBus(RedisBase):
@@ -149,6 +154,7 @@ class RedisBus(RedisBase):
         self._markers_due: set[str] = set()  # wake channels whose next marker waits for a publish
         self._hold = StartHold(self.queue_size * self.workers, self._metrics)
         self._last_message_at: float | None = None
+        self._names: dict[str, Name] = {}  # what keys.parse() said of each channel read
 
     def _intake_bytes(self) -> int:
         options: FanoutOptions = self._delivery_options
@@ -317,7 +323,9 @@ class RedisBus(RedisBase):
             codec.encode(message, max_size=self.max_message_size)  # refused now if it never could be sent
             if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
                 return
-        self.send_many(direction, (message,))
+        if self._stopping.is_set():
+            raise BusClosedError("the bus is stopped; nothing was sent")
+        self._publish_batch(direction, [message])
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Publish *messages* in one round trip (a pipeline of ``PUBLISH``).
@@ -376,9 +384,13 @@ class RedisBus(RedisBase):
             if payload:
                 self._marker_arrived(channel, int(payload))
             return
-        name = self.keys.parse(channel)
+        name = self._names.get(channel)
         if name is None:
-            return
+            name = self.keys.parse(channel)
+            if name is None:
+                return
+            if len(self._names) < _NAMES_KEPT:
+                self._names[channel] = name
         self._last_message_at = time.time()
         try:
             message = codec.decode(payload, max_size=self.max_message_size)
