@@ -68,6 +68,7 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
             lambda: client.publish(f"{prefix}/bare", payload, qos=1),
             count,
             payload_size,
+            bare_done=lambda info: info.wait_for_publish(5),  # its PUBACK
         )
     finally:
         client.disconnect()

@@ -11,6 +11,7 @@ alternates between them message by message, as for Redis.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import statistics
 from urllib.parse import urlsplit
@@ -70,11 +71,17 @@ def paired_latency(url: str, count: int, payload_size: int = 1) -> tuple[list[fl
     client = loop.call(connect(), 10.0)
     payload = codec.encode(Message(channel_id="bench", content="x" * payload_size))
 
-    def publish() -> object:
+    def publish() -> concurrent.futures.Future[None]:
         return asyncio.run_coroutine_threadsafe(client.publish(subject, payload), loop.loop)  # type: ignore[arg-type]
 
     try:
-        return pair.run(NatsBus(url, subject_prefix=_PREFIX, workers=1), publish, count, payload_size)
+        return pair.run(
+            NatsBus(url, subject_prefix=_PREFIX, workers=1),
+            publish,
+            count,
+            payload_size,
+            bare_done=lambda done: done.result(5),  # the publish coroutine has finished
+        )
     finally:
         loop.call(client.close(), 5.0)
         loop.stop(5.0)

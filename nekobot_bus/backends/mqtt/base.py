@@ -327,7 +327,9 @@ class MqttBase(Bus):
             codec.encode(message, max_size=self.max_message_size)
             if self._hold.try_hold(direction, message, unless=self._stopping.is_set):
                 return
-        self.send_many(direction, (message,))
+        if self._stopping.is_set():
+            raise BusClosedError("the bus is stopped; nothing was sent")
+        self._publish_batch(direction, [message])
 
     def send_many(self, direction: Direction | str, messages: Iterable[Message]) -> None:
         """Publish *messages*; with QoS 1, wait for the broker to confirm each.
@@ -344,7 +346,7 @@ class MqttBase(Bus):
         self._publish_batch(way, batch)
 
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
-        topics = [self.topics.messages(direction, level(m.channel_id)) for m in batch]
+        topics = [self.topics.messages(direction, m.channel_id) for m in batch]
         payloads = [codec.encode(m, max_size=self.max_message_size) for m in batch]
         for topic, payload in zip(topics, payloads, strict=True):
             self._publisher.check_size(topic, payload)

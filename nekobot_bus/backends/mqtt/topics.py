@@ -10,6 +10,7 @@ delivery go to ``{prefix}/dead/{direction}/{channel_id}``.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from ...dispatch import Direction
@@ -21,6 +22,8 @@ __all__ = ["DEFAULT_TOPIC_PREFIX", "Topic", "Topics", "level"]
 DEFAULT_TOPIC_PREFIX = "nekobot/bus"
 
 _NOT_IN_A_LEVEL = frozenset("/+#\0")
+#: Topics each Topics keeps built and parsed: every channel of a usual deployment.
+_KEPT = 4096
 
 
 class Topic(NamedTuple):
@@ -44,9 +47,19 @@ class Topics:
             )
         self.prefix = prefix
         self._depth = len(levels)
+        # On every message's path: what they say of the few channels of a deployment is kept.
+        self._built = functools.lru_cache(maxsize=_KEPT)(self._build)
+        self._parsed = functools.lru_cache(maxsize=_KEPT)(self._parse)
 
     def messages(self, direction: Direction, channel_id: str) -> str:
         """The topic of *channel_id* in *direction*; for ``"*"``, the filter that matches every channel."""
+        return self._built(direction, channel_id)
+
+    def parse(self, topic: str) -> Topic | None:
+        """The direction and channel of a message topic, or ``None`` for any other topic."""
+        return self._parsed(topic)
+
+    def _build(self, direction: Direction, channel_id: str) -> str:
         if channel_id == WILDCARD:
             return f"{self.prefix}/{direction.value}/+"
         return f"{self.prefix}/{direction.value}/{level(channel_id)}"
@@ -58,8 +71,7 @@ class Topics:
         """A topic of this bus's own, outside the message topics (``wait_idle``'s markers)."""
         return f"{self.prefix}/marker/{name}"
 
-    def parse(self, topic: str) -> Topic | None:
-        """The direction and channel of a message topic, or ``None`` for any other topic."""
+    def _parse(self, topic: str) -> Topic | None:
         levels = topic.split("/")
         if len(levels) != self._depth + 2 or "/".join(levels[: self._depth]) != self.prefix:
             return None

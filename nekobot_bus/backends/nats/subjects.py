@@ -9,6 +9,7 @@ handlers subscribe to ``{prefix}.{direction}.>``.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -42,32 +43,22 @@ class Subjects:
             )
         self.prefix = prefix
         self._depth = len(tokens)
-        # What messages() and parse() said, as they are on every message's path: the few
-        # channels of a deployment, bounded (each dict operation is atomic: thread-safe).
-        self._built: dict[tuple[Direction, str], str] = {}
-        self._parsed: dict[str, Subject | None] = {}
+        # On every message's path: what they say of the few channels of a deployment is kept.
+        self._built = functools.lru_cache(maxsize=_KEPT)(self._build)
+        self._parsed = functools.lru_cache(maxsize=_KEPT)(self._parse)
 
     def messages(self, direction: Direction, channel_id: str) -> str:
         """The subject of *channel_id* in *direction*; for ``"*"``, the one that matches every channel."""
-        subject = self._built.get((direction, channel_id))
-        if subject is None:
-            if channel_id == WILDCARD:
-                subject = f"{self.prefix}.{direction.value}.>"
-            else:
-                subject = f"{self.prefix}.{direction.value}.{token(channel_id)}"
-            if len(self._built) < _KEPT:
-                self._built[direction, channel_id] = subject
-        return subject
+        return self._built(direction, channel_id)
 
     def parse(self, subject: str) -> Subject | None:
         """The direction and channel of a message subject, or ``None`` for any other subject."""
-        try:
-            return self._parsed[subject]
-        except KeyError:
-            parsed = self._parse(subject)
-        if len(self._parsed) < _KEPT:
-            self._parsed[subject] = parsed
-        return parsed
+        return self._parsed(subject)
+
+    def _build(self, direction: Direction, channel_id: str) -> str:
+        if channel_id == WILDCARD:
+            return f"{self.prefix}.{direction.value}.>"
+        return f"{self.prefix}.{direction.value}.{token(channel_id)}"
 
     def _parse(self, subject: str) -> Subject | None:
         tokens = subject.split(".")
