@@ -26,6 +26,9 @@ for JetStream's confirmation that the stream stored the message (a
 ``Nats-Msg-Id`` and JetStream stores a second send of it within the window
 once (counted ``duplicates``). A returned send is stored.
 
+``wait_idle()`` and a draining ``stop()`` wait for the group in the
+caller's thread, asking the server on the loop (:mod:`.group_wait`).
+
 Where a message can be when something dies
 ------------------------------------------
 
@@ -62,9 +65,9 @@ from ...errors import BusConnectionError, MessageDecodeError
 from ...message import WILDCARD, Message
 from ...settle import DeadLetter, RetryPolicy
 from ..start_hold import NothingSent
-from . import group_state
 from .base import NatsBase, Unreachable
 from .confirm import confirm
+from .group_wait import GroupWait
 from .jetstream import JetStreamNames, ensure_consumer, ensure_streams
 from .one_shot import run_once
 from .options import JetStreamOptions
@@ -76,9 +79,6 @@ from .subjects import token
 __all__ = ["NatsQueueBus"]
 
 logger = logging.getLogger("nekobot_bus.nats")
-
-#: How often wait_idle() and a draining stop() ask the server how far the group is.
-_POLL = 0.05
 
 
 class NatsQueueBus(NatsBase):
@@ -122,6 +122,15 @@ class NatsQueueBus(NatsBase):
             settled=self._top_up,
         )
         self._progress: asyncio.Task[None] | None = None
+        self._group_wait = GroupWait(
+            self._loop,
+            self._metrics,
+            self._settling,
+            self._pullers,
+            js=lambda: self._js,
+            running=lambda: self.running,
+            timeout=self._timeout,
+        )
         self._applying: asyncio.Lock | None = None  # made on the loop, which it belongs to
         self._replies = ReplySubscriptions(self.subjects, self.max_message_size, self._requests)
 
@@ -155,8 +164,9 @@ class NatsQueueBus(NatsBase):
 
     def _stop_transport(self, deadline: float, *, drain: bool) -> list[threading.Thread]:
         """Stop pulling; with *drain*, first let the group take what its streams hold now."""
-        if drain and self._client is not None and self._loop.loop is not None:
-            self._caught_up(deadline)
+        pulling = self._client is not None and self._loop.loop is not None
+        if drain and pulling and not self._group_wait.caught_up(deadline):
+            self._drain_failed = True
         self._stopping.set()
         with contextlib.suppress(Exception):  # the loop is gone already: nothing pulls
             self._loop.call(self._stop_pullers(), max(0.1, deadline - time.monotonic()))
@@ -396,60 +406,7 @@ class NatsQueueBus(NatsBase):
         That includes what other members of the group hold; a handler that
         sends keeps the group busy until its messages are handled too.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if (
-                self._metrics.wait_idle(left)
-                and self._settling.wait_empty(left if left is not None else 1e9)
-                and self._group_idle(deadline)
-                and self._metrics.wait_idle(0)
-                and not len(self._settling)
-            ):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL)
-
-    def _group_idle(self, deadline: float | None) -> bool:
-        js = self._js
-        if not self.running or js is None:
-            return True
-        left = self._timeout if deadline is None else max(0.05, deadline - time.monotonic())
-        try:
-            return self._loop.call(group_state.idle(js, self._pullers.values()), left)
-        except Exception:  # unknown now: not idle
-            return False
-
-    def _caught_up(self, deadline: float) -> bool:
-        """Wait until each consumer read here was given what it had pending when the stop began.
-
-        Against a snapshot, not the live count, so traffic that goes on does
-        not hold the stop; and for at most half the time left, so the workers
-        keep time to finish what they were given.
-        """
-        until = time.monotonic() + (deadline - time.monotonic()) / 2
-        js = self._js
-        assert js is not None  # set by the connect, which a drain follows
-        try:
-            targets = self._loop.call(
-                group_state.delivery_targets(js, self._pullers.values()),
-                max(0.05, until - time.monotonic()),
-            )
-        except Exception:  # the server is away: nothing more comes anyway
-            self._drain_failed = True
-            return False
-        while time.monotonic() < until:
-            try:
-                if self._loop.call(
-                    group_state.delivered_past(js, targets), max(0.05, until - time.monotonic())
-                ):
-                    return True
-            except Exception:
-                break
-            time.sleep(_POLL)
-        self._drain_failed = True
-        return False
+        return self._group_wait.wait_idle(timeout)
 
     def health(self) -> dict[str, Any]:
         """As the fan-out's, and the group."""

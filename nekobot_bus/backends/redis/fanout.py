@@ -19,12 +19,12 @@ subscription state anyway, and reading replies directly costs a tenth of
 subscribes to exactly the channels that have handlers (a pattern only for
 ``"*"``, and then no exact channel of that direction, so nothing arrives
 twice), decodes each payload and offers it to the dispatcher of its
-direction; it never runs a handler and never waits for a worker. When the
-link is idle it sends PING and reconnects if no PONG comes back within
-``health_check_timeout``, so a half-open or paused connection is noticed.
-On any error it closes the connection, waits a capped, jittered, growing
-delay and connects again, for as long as the bus runs; each reconnect is
-counted.
+direction (:mod:`.receiver`); it never runs a handler and never waits for
+a worker. When the link is idle it sends PING and reconnects if no PONG
+comes back within ``health_check_timeout``, so a half-open or paused
+connection is noticed. On any error it closes the connection, waits a
+capped, jittered, growing delay and connects again, for as long as the bus
+runs; each reconnect is counted.
 
 Where a message can be lost, and how it shows
 ---------------------------------------------
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import socket
 import threading
@@ -79,28 +78,22 @@ from ...errors import (
     BusClosedError,
     BusConnectionError,
     ConfigError,
-    MessageDecodeError,
     UnroutedMessageError,
 )
 from ...message import WILDCARD, Message
-from ..read_back import NextMarker, ReadBack
+from ..read_back import ReadBack
 from ..start_hold import StartHold
 from .base import RedisBase
 from .cluster import ClusterRunner
 from .every import SETTLE_SECONDS, EveryCopies
 from .group import GroupClaims
-from .keyspace import Name
 from .options import FanoutOptions
+from .receiver import Receiver
 from .sharded import ShardedReader, link_maker
-from .subscriber import SingleReader, Subscriptions, covers, read_subscribed
+from .subscriber import SingleReader, Subscriptions, read_subscribed
 from .topology import ClusterNodes
 
 __all__ = ["RedisBus"]
-
-logger = logging.getLogger("nekobot_bus.redis")
-
-#: Channel names whose parse the reader keeps: every channel of a usual deployment, bounded.
-_NAMES_KEPT = 4096
 
 
 class RedisBus(RedisBase):
@@ -151,10 +144,19 @@ class RedisBus(RedisBase):
         self._every = EveryCopies(self._runner, self.keys) if self._sharded else None
         self._subs = Subscriptions(frozenset({self._wake_channel}))
         self._read_back = ReadBack(self._metrics)
-        self._markers_due: set[str] = set()  # wake channels whose next marker waits for a publish
         self._hold = StartHold(self.queue_size * self.workers, self._metrics)
-        self._last_message_at: float | None = None
-        self._names: dict[str, Name] = {}  # what keys.parse() said of each channel read
+        # What the readers hand each payload and confirmation to, on their threads.
+        self._receiver = Receiver(
+            self.keys,
+            self._runner,
+            self._read_back,
+            self._dispatchers,
+            self._metrics,
+            wake_channel=self._wake_channel,
+            max_message_size=self.max_message_size,
+            sharded=self._sharded,
+            readers=lambda: self._readers,
+        )
 
     def _intake_bytes(self) -> int:
         options: FanoutOptions = self._delivery_options
@@ -257,8 +259,8 @@ class RedisBus(RedisBase):
                 self._link,
                 subs=self._subs,
                 stopping=self._stopping,
-                read=functools.partial(read, receive=self._receive),
-                confirmed=self._subscriptions_confirmed,
+                read=functools.partial(read, receive=self._receiver.receive),
+                confirmed=self._receiver.confirmed,
                 wake=lambda: self._publish_wake(self._wake_channel),
             )
         assert self._every is not None
@@ -276,11 +278,11 @@ class RedisBus(RedisBase):
                 reachability=self._reachability,
             ),
             read=read,
-            receive=self._receive,
+            receive=self._receiver.receive,
             wake=self._publish_wake,
             wake_name=lambda node: f"{self._wake_channel}:{node}",
-            confirmed=self._subscriptions_confirmed,
-            share_confirmed=self._send_marker,
+            confirmed=self._receiver.confirmed,
+            share_confirmed=self._receiver.send_marker,
             every=self._every,
         )
         readers.set_starting(True)
@@ -371,63 +373,9 @@ class RedisBus(RedisBase):
             self._read_back.forget(m.id for m in unrouted)
             self._metrics.incr("unrouted", len(unrouted))
         self._read_back.published(mine)
-        while self._markers_due:  # a marker found these in flight (read_back.py)
-            with contextlib.suppress(KeyError):  # another sender took it
-                self._send_marker(self._markers_due.pop())
+        self._receiver.send_due_markers()  # a marker found these in flight (read_back.py)
         if unrouted and self.raise_on_unrouted and raising:
             raise UnroutedMessageError(f"{len(unrouted)} of {len(batch)} messages reached no subscriber")
-
-    # -- reading (the reader thread) ----------------------------------------
-
-    def _receive(self, channel: str, payload: bytes) -> None:
-        if channel.startswith(self._wake_channel):  # ours, or a sharded reader's (wake_channel:node)
-            if payload:
-                self._marker_arrived(channel, int(payload))
-            return
-        name = self._names.get(channel)
-        if name is None:
-            name = self.keys.parse(channel)
-            if name is None:
-                return
-            if len(self._names) < _NAMES_KEPT:
-                self._names[channel] = name
-        self._last_message_at = time.time()
-        try:
-            message = codec.decode(payload, max_size=self.max_message_size)
-        except MessageDecodeError as exc:
-            self._metrics.incr("decode_errors")
-            logger.warning("undecodable payload on %s (%d bytes): %s", channel, len(payload), exc)
-            return
-        if not self._read_back.arriving(message.id):
-            return  # a reader that gave its channel up, late: counted no_handler already (read_back.py)
-        self._dispatchers[name.direction].offer(message, None, len(payload))
-        self._read_back.arrived(message.id)
-
-    def _subscriptions_confirmed(self, subscribed: frozenset[str]) -> None:
-        """Messages awaited on a channel no longer subscribed will not come: count them ``no_handler``;
-        and a marker tells which of those published before this subscription did not come either
-        (read_back.py; a sharded cluster's readers send theirs as each confirms its share)."""
-        self._read_back.unsubscribed(lambda _direction, channel: covers(subscribed, channel))
-        if not self._sharded:
-            self._send_marker(self._wake_channel)
-
-    def _send_marker(self, wake_channel: str) -> None:
-        marker = self._read_back.marker()
-        with contextlib.suppress(BusConnectionError):  # then the next confirmation sends one
-            self._runner.run([("PUBLISH", wake_channel, b"%d" % marker)], "publishing a marker", timeout=0.5)
-
-    def _marker_arrived(self, wake_channel: str, marker: int) -> None:
-        readers = self._readers
-        held = None
-        if isinstance(readers, ShardedReader):
-            held = readers.held_by(wake_channel)
-            if held is None:  # a reader retired since: its channels are judged by their new readers' markers
-                return
-        follow = self._read_back.marker_arrived(marker, held)
-        if follow is NextMarker.NOW:
-            self._send_marker(wake_channel)
-        elif follow is NextMarker.AFTER_PUBLISH:
-            self._markers_due.add(wake_channel)  # sent by the sender whose publish returns next
 
     # -- observing --------------------------------------------------------
 
@@ -442,7 +390,7 @@ class RedisBus(RedisBase):
         """Liveness of the reader: connected and subscribed, since when, last message age."""
         readers = self._readers
         since = readers.connected_since() if readers is not None else None
-        last = self._last_message_at
+        last = self._receiver.last_message_at
         connected = since is not None and self.running
         subscribed = readers is not None and readers.subscribed()
         return super().health() | {

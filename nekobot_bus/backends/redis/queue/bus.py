@@ -10,10 +10,11 @@ every entry again, so an audit process can read along.
 Threads and who owns them
 -------------------------
 
-``send_*`` runs in the caller's thread: ``XADD ... MAXLEN ~ max_len``, in one
-pipeline for :meth:`RedisStreamBus.send_many`, with the same connect retry
-and :class:`~nekobot_bus.BusConnectionError` as the fan-out. A returned send
-is stored in Redis (and on disk, with ``appendfsync always``).
+``send_*`` runs in the caller's thread (:mod:`.writer`): ``XADD ... MAXLEN
+~ max_len``, in one pipeline for :meth:`RedisStreamBus.send_many`, with the
+same connect retry and :class:`~nekobot_bus.BusConnectionError` as the
+fan-out. A returned send is stored in Redis (and on disk, with
+``appendfsync always``).
 
 The reader thread (``nekobot-bus-redis-queue-reader``, :mod:`.reader`) owns
 one connection. It creates missing groups, reads new entries with
@@ -57,9 +58,9 @@ Where a message can be when something dies
   it is not seen by anybody: keep ``max_len`` well above the backlog.
 
 Consumers: each bus joins under a new name and, on ``stop()``, leaves the
-groups where it holds nothing. Consumers that died holding nothing are
-removed by the others after ``10 x claim_idle``; those that held entries
-are removed once their entries were claimed.
+groups where it holds nothing (:mod:`.consumer`). Consumers that died
+holding nothing are removed by the others after ``10 x claim_idle``; those
+that held entries are removed once their entries were claimed.
 
 Ordering: one consumer hands each session's messages to one worker, in
 stream order, so a session whose messages all go to one consumer is handled
@@ -74,33 +75,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from .... import codec
 from ...._threads import join_all
 from ....dispatch import Direction
-from ....errors import BusConnectionError, BusReplyError
-from ....message import Message
+from ....errors import BusConnectionError
 from ....settle import Settler
-from ...start_hold import NothingSent, StartHold
+from ...start_hold import StartHold
 from ..base import RedisBase
 from ..cluster import ClusterRunner
-from ..keyspace import shard_of
 from ..options import QueueOptions
 from ..reader_link import ReaderLink
 from ..subscriber import Subscriptions
 from ..topology import ClusterNodes
 from .acker import Acker
+from .consumer import leave_group, process_consumer
 from .ledger import Entry, Ledger
 from .progress import GroupProgress
 from .reader import BLOCK, StreamReader
 from .replies import ReplyTail
 from .settle import StreamSettler
+from .writer import StreamWriter
 
 __all__ = ["RedisStreamBus"]
 
@@ -171,6 +169,18 @@ class RedisStreamBus(RedisBase):
         )
         self._reader_thread: threading.Thread | None = None
         self._hold = StartHold(self.queue_size * self.workers, self._metrics)
+        self._writer = StreamWriter(
+            keys=self.keys,
+            runner=self._runner,
+            server=self.server,
+            options=self._delivery_options,
+            max_message_size=self.max_message_size,
+            send_timeout=self.send_timeout,
+            socket_timeout=self.connection.socket_timeout,
+            metrics=self._metrics,
+            hold=self._hold,
+            stopping=self._stopping,
+        )
         self._progress = GroupProgress(self._runner, self._streams, self.group, self._acker.settled)
 
     def _prepare_transport(self) -> None:
@@ -182,7 +192,7 @@ class RedisStreamBus(RedisBase):
             self._link = self._new_link(self.reader_name)
         options: QueueOptions = self._delivery_options
         self.group = options.group
-        self.consumer = options.consumer or _process_consumer()
+        self.consumer = options.consumer or process_consumer()
         self._consumer_named_in = os.getpid()
         self.claim_idle = options.claim_idle
         self.max_deliveries = options.max_deliveries
@@ -295,12 +305,12 @@ class RedisStreamBus(RedisBase):
     def _start_transport(self) -> None:
         if self._consumer_named_in != os.getpid() and self._delivery_options.consumer is None:
             # Built before a fork (gunicorn --preload): each process is a consumer of its own.
-            self.consumer = _process_consumer()
+            self.consumer = process_consumer()
             self._consumer_named_in = os.getpid()
             self._acker.consumer = self._streams.consumer = self.consumer
         # Fail fast, as the fan-out does, when Redis is not there at all.
         self._runner.run([("PING",)], "connecting")
-        self._hold.release(self._add)  # what waited for Redis, into its streams before reading them
+        self._hold.release(self._writer.add)  # what waited for Redis, into its streams before reading them
         reader = threading.Thread(
             target=self._link.run,
             args=(self._streams.read,),
@@ -344,7 +354,7 @@ class RedisStreamBus(RedisBase):
     def _close_transport(self, deadline: float) -> list[threading.Thread]:
         alive = self._acker.stop(deadline)
         if not alive:
-            self._leave_group()
+            leave_group(self._runner, self._streams, group=self.group, consumer=self.consumer)
         reader_alive = self._reader_thread is not None and self._reader_thread.is_alive()
         if not reader_alive:  # else the reader may still use them, and its workers their shards
             for leases in self._streams.leases.values():
@@ -354,42 +364,12 @@ class RedisStreamBus(RedisBase):
         self._replies.close()
         return alive
 
-    def _leave_group(self) -> None:
-        """Remove this consumer from its groups where it holds nothing (best effort)."""
-        with contextlib.suppress(BusConnectionError, BusReplyError):
-            self._runner.run([("DEL", self._streams.wake_stream)], "leaving", timeout=1.0)
-            streams = self._streams.streams_to_read(None, every_shard=True)
-            replies = self._runner.run(
-                [("XPENDING", s, self.group, "-", "+", 1, self.consumer) for s in streams],
-                "leaving",
-                timeout=1.0,
-                allow={"NOGROUP"},
-            )
-            empty = [s for s, r in zip(streams, replies, strict=True) if r == []]
-            if empty:
-                self._runner.run(
-                    [("XGROUP", "DELCONSUMER", s, self.group, self.consumer) for s in empty],
-                    "leaving",
-                    timeout=1.0,
-                )
-
     # -- sending ----------------------------------------------------------
 
     def _send(self, direction: Direction, message: Any) -> None:
-        if not self._hold.released:
-            # Before start(): into the stream now if Redis answers at once (another
-            # consumer may take it), else held for start(), as the fan-out holds;
-            # behind messages already held, so that a session keeps its order.
-            unless = self._stopping.is_set
-            if not self._hold.empty and self._hold.try_hold(direction, message, unless=unless):
-                return
-            try:
-                self._add(direction, [message], timeout=0.0)
-                return
-            except NothingSent:
-                codec.encode(message, max_size=self.max_message_size)  # one that never could be sent: refused
-                if self._hold.try_hold(direction, message, unless=unless):
-                    return
+        # Before start(): into the stream now, or held for start() (writer.py).
+        if not self._hold.released and self._writer.add_before_start(direction, message):
+            return
         self.send_many(direction, (message,))
 
     def send_many(self, direction: Direction | str, messages: Iterable[Any]) -> None:
@@ -400,39 +380,7 @@ class RedisStreamBus(RedisBase):
             seconds, or the connection broke after the batch was written (then
             some messages may have been stored).
         """
-        self._add(*self._batch(direction, messages))
-
-    def _add(self, way: Direction, batch: list[Message], timeout: float | None = None) -> None:
-        if not batch:
-            return
-        commands: list[tuple[Any, ...]] = []
-        streams = set()
-        for message in batch:
-            shard = shard_of(message.session_id, self.shards) if self.shards else None
-            stream = self.keys.messages(way, message.channel_id, shard)
-            body = codec.encode(message, max_size=self.max_message_size)
-            commands.append(("XADD", stream, "MAXLEN", "~", self.max_len, "*", "message", body))
-            streams.add(stream)
-        # Announced with every batch, in the same round trip: "*" consumers
-        # find streams there, also after a restart that lost the set.
-        commands.append(("SADD", self.keys.announced_streams, *streams))
-        if self.min_replicas_ack:
-            commands.append(("WAIT", self.min_replicas_ack, self._replica_wait_ms()))
-        replies = self._runner.run(commands, f"adding {len(batch)} message(s)", timeout=timeout)
-        self._metrics.incr(f"sent_{way.suffix}", len(batch))
-        if self.min_replicas_ack and replies[-1] < self.min_replicas_ack:
-            self._metrics.incr("replica_ack_timeouts")
-            raise BusConnectionError(
-                f"{len(batch)} message(s) are on the master at {self.server.in_use() or self.address}, "
-                f"but only {replies[-1]} of the {self.min_replicas_ack} replicas asked for "
-                f"(min_replicas_ack) confirmed them within {self._replica_wait_ms() / 1000:g} s: a failover "
-                "now could lose them"
-            )
-
-    def _replica_wait_ms(self) -> int:
-        """How long ``WAIT`` may block: ``send_timeout``, within the socket's own timeout."""
-        limit = self.send_timeout if self.send_timeout is not None else 30.0
-        return max(1, int(min(limit, self.connection.socket_timeout * 0.8) * 1000))
+        self._writer.add(*self._batch(direction, messages))
 
     # -- observing --------------------------------------------------------
 
@@ -473,8 +421,3 @@ class RedisStreamBus(RedisBase):
             "shards": sorted(self._streams.readable_shards()) if self.shards else None,
             "pid": os.getpid(),
         }
-
-
-def _process_consumer() -> str:
-    """A consumer name of this process: host, process id and a random part."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
