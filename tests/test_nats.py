@@ -19,6 +19,7 @@ from nekobot_bus import (
     Bus,
     BusConnectionError,
     ConfigError,
+    Direction,
     InvalidChannelError,
     Message,
     create_bus,
@@ -338,3 +339,26 @@ def test_a_slow_consumer_past_its_limits_counts_what_it_drops(
     assert m["dropped_in"] > 0, "the burst fit: the test proves nothing"
     assert m["handled_in"] + m["dropped_in"] == m["messages_in"] == len(burst)
     assert len(handled) == m["handled_in"]
+
+
+def test_a_send_is_confirmed_by_a_ping_written_after_its_publish(tmp_path: Path, buses: list[Bus]) -> None:
+    # nats-py writes a flush's PING straight to the socket, ahead of the PUB still in its buffer:
+    # the server's trace (-V) shows the order in which it read the bus's commands.
+    server = NatsServer(tmp_path / "traced", "-V")
+    server.start()
+    try:
+        bus = build(buses, nats_config(server))
+        subject = bus.subjects.messages(Direction.INBOUND, "ordered")
+        bus.start()
+        bus.send_inbound(Message(channel_id="ordered", content="x"))
+        bus.stop()
+        read = [
+            line.split("<<- [", 1)[1]
+            for line in (server.directory / "nats.log").read_text().splitlines()
+            if "<<- [" in line
+        ]
+    finally:
+        server.stop()
+    publishes = [i for i, command in enumerate(read) if command.startswith(f"PUB {subject} ")]
+    assert len(publishes) == 1, read
+    assert read[publishes[0] + 1].startswith("PING"), read
