@@ -261,9 +261,11 @@ class CommandRunner:
         """
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        backoff = Backoff(deadline, first=0.05, cap=1.0)
+        backoff = None
         while True:
             replies = self._with_scripts(commands, what, timeout)
+            if not _any_error(replies):  # nearly every round trip: nothing more to look at
+                return replies
             refused = [i for i, reply in enumerate(replies) if error_code(reply) == "READONLY"]
             if not refused:
                 break
@@ -271,6 +273,7 @@ class CommandRunner:
             # not run; the connection was dropped, so the next asks for the new one.
             self._metrics.incr("connection_errors")
             self.reachability.failed()
+            backoff = backoff or Backoff(deadline, first=0.05, cap=1.0)
             if not backoff.wait():
                 raise RedisUnreachable(
                     f"Redis at {self.address} answered READONLY (a replica, not the master) while "
@@ -300,6 +303,8 @@ class CommandRunner:
     ) -> list[Any]:
         """One round trip; a script Redis lacks (``NOSCRIPT``: it did not run) is loaded and called again."""
         replies = self._round_trip(commands, what, timeout)
+        if not _any_error(replies):
+            return replies
         missing = [i for i, reply in enumerate(replies) if error_code(reply) == "NOSCRIPT"]
         if missing:
             with self._scripts_lock:
@@ -313,7 +318,7 @@ class CommandRunner:
         pool = self.client.connection_pool
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        backoff = Backoff(deadline, first=0.05, cap=1.0)
+        backoff = None
         while True:
             try:
                 conn = take_connection(pool)
@@ -334,6 +339,7 @@ class CommandRunner:
                         f"Redis at {self.address} has been unreachable for {down:.1f} s while {what}: "
                         f"{exc}; nothing was sent"
                     ) from exc
+                backoff = backoff or Backoff(deadline, first=0.05, cap=1.0)
                 if not backoff.wait():
                     raise RedisUnreachable(
                         f"Redis at {self.address} unreachable for {limit} s while {what}: {exc}; "
@@ -344,7 +350,7 @@ class CommandRunner:
             try:
                 conn.send_packed_command(conn.pack_commands(commands))
                 replies = [_reply(conn) for _ in commands]
-                if any(error_code(reply) == "READONLY" for reply in replies):
+                if _any_error(replies) and any(error_code(reply) == "READONLY" for reply in replies):
                     conn.disconnect()  # a demoted master: the next connection asks for the new one
                 return replies
             except REDIS_ERRORS as exc:
@@ -357,6 +363,11 @@ class CommandRunner:
                 ) from exc
             finally:
                 pool.release(conn)
+
+
+def _any_error(replies: list[Any]) -> bool:
+    """Whether any of *replies* is an error reply."""
+    return any(isinstance(reply, redis.ResponseError) for reply in replies)
 
 
 def _reply(conn: Any) -> Any:
