@@ -79,14 +79,18 @@ class ReadBack:
         self._metrics = metrics
         self._awaited: dict[str, _Awaited] = {}
         self._written_off: OrderedDict[str, None] = OrderedDict()  # counted no_handler before they came
-        self._cond = threading.Condition()
+        # A plain lock for the hot paths (a Condition's own "with" is a Python call), and the
+        # condition on it for wait(), notified only while somebody waits.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
         self._sequence = itertools.count()
         self._closed = False  # stopped(): nothing will be read back any more
 
     def expect(self, messages: Mapping[str, tuple[Direction, str]]) -> None:
         """Await these (id to direction and channel): called before they are published."""
         if messages:
-            with self._cond:
+            with self._lock:
                 now = next(self._sequence)
                 self._awaited.update({i: _Awaited(d, c, now) for i, (d, c) in messages.items()})
 
@@ -94,7 +98,7 @@ class ReadBack:
         """Their publish returned: a marker taken from now on judges them (after stopped(): lost)."""
         if not ids:  # most sends: nothing of them is awaited
             return
-        with self._cond:
+        with self._lock:
             now = next(self._sequence)
             for message_id in ids:
                 entry = self._awaited.get(message_id)
@@ -112,7 +116,7 @@ class ReadBack:
         """
         if message_id not in self._awaited and message_id not in self._written_off:
             return True
-        with self._cond:
+        with self._lock:
             if message_id in self._written_off:
                 del self._written_off[message_id]
                 return False
@@ -124,19 +128,22 @@ class ReadBack:
     def arrived(self, message_id: str) -> None:
         """The reader handed *message_id* on (the dispatcher counted it); most take no lock."""
         if message_id in self._awaited:
-            self.forget([message_id])
+            with self._lock:
+                self._awaited.pop(message_id, None)
+                if not self._awaited and self._waiting:
+                    self._cond.notify_all()
 
     def forget(self, ids: Iterable[str]) -> None:
         """Stop awaiting *ids*: their sender counted or raised what became of them."""
-        with self._cond:
+        with self._lock:
             for message_id in ids:
                 self._awaited.pop(message_id, None)
-            if not self._awaited:
+            if not self._awaited and self._waiting:
                 self._cond.notify_all()
 
     def unsubscribed(self, still_covered: Callable[[Direction, str], bool]) -> None:
         """Count ``no_handler`` the awaited messages whose channel is no longer subscribed."""
-        with self._cond:
+        with self._lock:
             gone = [
                 i
                 for i, e in self._awaited.items()
@@ -146,7 +153,7 @@ class ReadBack:
             directions = [self._awaited.pop(i).direction for i in gone]
             while len(self._written_off) > WRITTEN_OFF_KEPT:
                 self._written_off.popitem(last=False)
-            if gone and not self._awaited:
+            if gone and not self._awaited and self._waiting:
                 self._cond.notify_all()
         for direction in directions:
             self._metrics.accepted(f"messages_{direction.suffix}")
@@ -154,7 +161,7 @@ class ReadBack:
 
     def marker(self) -> int:
         """A sequence number to publish to the reader, after a subscription was confirmed."""
-        with self._cond:
+        with self._lock:
             return next(self._sequence)
 
     def marker_arrived(self, marker: int, held: Callable[[str], bool] | None = None) -> NextMarker:
@@ -172,7 +179,7 @@ class ReadBack:
             return held is None or held(entry.channel)
 
         self._count_lost(lambda e: mine(e) and e.published is not None and e.published < marker)
-        with self._cond:
+        with self._lock:
             undecided = [e for e in self._awaited.values() if mine(e) and e.expected < marker]
         if any(e.published is not None for e in undecided):
             return NextMarker.NOW
@@ -181,16 +188,16 @@ class ReadBack:
     def stopped(self) -> None:
         """The bus stopped: what did not come is counted ``lost``; a publish still in flight is
         counted when it returns (unless its sender forgets it: it raised, or nobody listened)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
         self._count_lost(lambda entry: entry.published is not None)
 
     def _count_lost(self, which: Callable[[_Awaited], bool]) -> None:
-        with self._cond:
+        with self._lock:
             gone = [i for i, entry in self._awaited.items() if not entry.arriving and which(entry)]
             for message_id in gone:
                 del self._awaited[message_id]
-            if not self._awaited:
+            if not self._awaited and self._waiting:
                 self._cond.notify_all()
         if gone:
             self._metrics.incr("lost", len(gone))
@@ -198,11 +205,15 @@ class ReadBack:
 
     def clear(self) -> None:
         """The bus stopped: nothing more is awaited (a transport that cannot tell what was lost)."""
-        with self._cond:
+        with self._lock:
             self._awaited.clear()
             self._cond.notify_all()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until nothing is awaited; ``False`` after *timeout* seconds."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._awaited, timeout)
+        with self._lock:
+            self._waiting += 1
+            try:
+                return self._cond.wait_for(lambda: not self._awaited, timeout)
+            finally:
+                self._waiting -= 1
