@@ -267,14 +267,15 @@ class MqttBase(Bus):
             )
 
     def _on_message(self, client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        if msg.topic == self._marker_topic:
+        topic = msg.topic  # paho decodes it at each read
+        if topic == self._marker_topic:
             with self._state_changed:
                 self._markers_back = max(self._markers_back, int(msg.payload or b"0"))
                 self._state_changed.notify_all()
             if self.delivery == "queue" and msg.qos:
                 client.ack(msg.mid, msg.qos)
             return
-        name = self.topics.parse(msg.topic)
+        name = self.topics.parse(topic)
         if name is None:
             if self.delivery == "queue" and msg.qos:
                 client.ack(msg.mid, msg.qos)
