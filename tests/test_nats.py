@@ -108,6 +108,7 @@ def test_credentials_are_never_shown(
                 "delivery": delivery,
                 "nats_url": [url, "nats://s3cr3t-token@127.0.0.1:1"],
                 "send_timeout": 0.5,
+                "connect_timeout": 0.5,  # start() gives up after connect_timeout a server, plus send_timeout
             }
         },
     )
