@@ -283,9 +283,10 @@ def _build_plain(obj: dict[str, Any]) -> Message | None:
     return message
 
 
-# A number of 20 digits or more may not fit 64 bits, which orjson would read as a float.
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{20}")
-_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")
+# An integer of 19 digits or more may not fit 64 bits (below -2**63, past 2**64 - 1),
+# which orjson would read as a float.
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
 
 
 def _parse(payload: bytes | bytearray | str) -> Any:
@@ -297,7 +298,7 @@ def _parse(payload: bytes | bytearray | str) -> Any:
     double and a byte order mark, which json reads (a lone surrogate becomes
     U+FFFD below); and it reads an integer past 64 bits as a float, where
     json keeps it exact. A message holds numbers only in ``data``, so one
-    with data and a run of 20 digits anywhere is read by json too.
+    with data and a run of 19 digits anywhere is read by json too.
     """
     try:
         obj = orjson.loads(payload)
@@ -356,7 +357,8 @@ def encode(message: Message, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
                 "reply_to": message.reply_to,
             }
         )
-    except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+    except (TypeError, ValueError, RecursionError) as exc:  # orjson.JSONEncodeError is a TypeError
+        # RecursionError: data nested past the json module's depth (about 1,000 levels).
         raise MessageEncodeError(f"message {message.id!r} cannot be written as JSON: {exc}") from exc
     if len(body) > max_size:
         raise MessageEncodeError(

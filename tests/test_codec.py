@@ -148,6 +148,14 @@ def test_pickle_and_binary_garbage_are_rejected() -> None:
             codec.decode(payload)
 
 
+def test_data_nested_deeper_than_json_writes_fails_at_the_sender() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    with pytest.raises(MessageEncodeError, match="JSON"):
+        codec.encode(Message(channel_id="t", data=deep))
+
+
 def test_data_that_json_cannot_carry_fails_at_the_sender() -> None:
     with pytest.raises(MessageEncodeError, match="JSON"):
         codec.encode(Message(channel_id="t", data={"when": datetime.now(timezone.utc)}))
@@ -206,6 +214,8 @@ def test_encode_writes_what_the_standard_json_module_writes(message: Message) ->
     [
         '{"big":123456789012345678901234567890}',
         '{"neg":-98765432109876543210,"in":"12345678901234567890"}',
+        '{"below_int64":-9300000000000000000}',
+        '{"top_uint64":18446744073709551615}',
         '{"x":NaN,"y":Infinity}',
         '{"huge":1e400}',
         '{"lone":"\\ud800 x"}',
