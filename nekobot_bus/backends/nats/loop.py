@@ -28,6 +28,10 @@ class LoopThread:
         self._name = name
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        # Held while call() hands a coroutine over, and while the loop stops taking them:
+        # a coroutine handed over is either started (and cancelled at stop) or refused.
+        self._handing = threading.Lock()
+        self._taking = False
 
     def start(self) -> None:
         loop = asyncio.new_event_loop()
@@ -39,6 +43,12 @@ class LoopThread:
             try:
                 loop.run_forever()
             finally:
+                with self._handing:
+                    self._taking = False
+                # One more turn: what call() handed over before becomes a task (its body
+                # not run yet), so that it is cancelled below rather than never awaited.
+                loop.call_soon(loop.stop)
+                loop.run_forever()
                 pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
                 for task in pending:
                     task.cancel()
@@ -47,6 +57,7 @@ class LoopThread:
                 loop.close()
 
         self.loop = loop
+        self._taking = True
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
         self._thread.start()
         ready.wait()
@@ -63,10 +74,11 @@ class LoopThread:
         :raises RuntimeError: the loop is not running, or stopped before the coroutine finished.
         """
         loop = self.loop
-        if loop is None or not loop.is_running():
-            coroutine.close()
-            raise RuntimeError("the event loop is not running")
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        with self._handing:
+            if loop is None or not self._taking or not loop.is_running():
+                coroutine.close()
+                raise RuntimeError("the event loop is not running")
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
