@@ -25,6 +25,7 @@ fails at the sender rather than at every receiver.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -203,20 +204,12 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-#: Channel ids that passed :func:`validate_channel_id`, so that each is checked once, not per message.
-_VALID_CHANNELS: set[str] = set()
-_MAX_VALID_CHANNELS = 4096
-
-
+@functools.lru_cache(maxsize=4096)  # on every decode: each channel id is checked once, bounded
 def _valid_channel(channel_id: str) -> bool:
-    if channel_id in _VALID_CHANNELS:
-        return True
     try:
         validate_channel_id(channel_id)
     except InvalidChannelError:
         return False
-    if len(_VALID_CHANNELS) < _MAX_VALID_CHANNELS:  # a bound: a peer may send endless new ids
-        _VALID_CHANNELS.add(channel_id)
     return True
 
 

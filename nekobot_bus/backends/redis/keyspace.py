@@ -10,6 +10,7 @@ gateway uses the same names, so both can share one Redis.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import NamedTuple
 
@@ -79,6 +80,8 @@ class Keyspace:
         """The key that tells senders on a sharded cluster that a ``"*"`` listener of *direction* runs."""
         return f"{self.prefix}every:{direction.value}"
 
+    # On every message a reader reads; a Keyspace is immutable, so its answers can be kept.
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
     def parse(self, name: str) -> Name | None:
         """What :meth:`messages` built *name* from, or ``None`` when it is not a message name here."""
         for direction in Direction:

@@ -32,16 +32,13 @@ from ...errors import BusConnectionError, MessageDecodeError
 from ...metrics import Metrics
 from ..read_back import NextMarker, ReadBack
 from .client import CommandRunner
-from .keyspace import Keyspace, Name
+from .keyspace import Keyspace
 from .sharded import ShardedReader
 from .subscriber import SingleReader, covers
 
 __all__ = ["Receiver"]
 
 logger = logging.getLogger("nekobot_bus.redis")
-
-#: Channel names whose parse the reader keeps: every channel of a usual deployment, bounded.
-_NAMES_KEPT = 4096
 
 
 class Receiver:
@@ -79,7 +76,6 @@ class Receiver:
         self._sharded = sharded
         self._readers = readers
         self._markers_due: set[str] = set()  # wake channels whose next marker waits for a publish
-        self._names: dict[str, Name] = {}  # what keys.parse() said of each channel read
         #: When the last message was read (``time.time()``), for ``health()``; ``None``: none yet.
         self.last_message_at: float | None = None
 
@@ -91,13 +87,9 @@ class Receiver:
             if payload:
                 self._marker_arrived(channel, int(payload))
             return
-        name = self._names.get(channel)
+        name = self._keys.parse(channel)
         if name is None:
-            name = self._keys.parse(channel)
-            if name is None:
-                return
-            if len(self._names) < _NAMES_KEPT:
-                self._names[channel] = name
+            return
         self.last_message_at = time.time()
         try:
             message = codec.decode(payload, max_size=self._max_message_size)
