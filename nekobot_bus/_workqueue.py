@@ -10,9 +10,12 @@ from typing import Any, Final, Generic, TypeVar
 from .message import Message
 from .metrics import Metrics
 
-__all__ = ["STOP", "Intake", "Item", "QueueClosed", "WorkQueue"]
+__all__ = ["HAND_OVER_SECONDS", "STOP", "Intake", "Item", "QueueClosed", "WorkQueue"]
 
 T = TypeVar("T")
+
+#: How long :meth:`WorkQueue.put` with ``hand_over`` waits for an idle worker to take an item.
+HAND_OVER_SECONDS = 0.0002
 
 
 class _Stop:
@@ -76,6 +79,12 @@ class WorkQueue(Generic[T]):
     lock, so the closed check, the count and the enqueue happen atomically
     with respect to :meth:`seal`: nothing is accepted behind the sentinel.
 
+    A woken worker still needs the interpreter lock, which the thread that
+    put the item keeps for as long as it has Python work of its own: an
+    event loop finishing its turn keeps it for tens of microseconds. A put
+    with ``hand_over`` lets a worker that was waiting run first: it waits,
+    at most :data:`HAND_OVER_SECONDS`, until the worker has taken an item.
+
     :param on_take: called after a worker took an item, with the item.
     """
 
@@ -96,16 +105,31 @@ class WorkQueue(Generic[T]):
         self._size = 0  # items queued, STOP not counted
         self._blocked = 0  # senders waiting for room
         self._closed = False
+        # Hand-over: the worker is blocked in get() (written by the worker alone), a putter
+        # waits for it to take an item (under the lock), and released when it has.
+        self._worker_waiting = False
+        self._handing_over = False
+        self._taken = threading.Lock()
+        self._taken.acquire()
         #: Messages the worker keeps aside behind a retry (written by the worker only).
         self.held_back = 0
 
     def qsize(self) -> int:
         return self._size
 
-    def put(self, item: Item[T], timeout: float | None = None, *, bounded: bool = True) -> None:
+    def put(
+        self,
+        item: Item[T],
+        timeout: float | None = None,
+        *,
+        bounded: bool = True,
+        hand_over: bool = False,
+    ) -> None:
         """Queue *item*, waiting up to *timeout* seconds for room (``None``: forever, 0: not at all).
 
         :param bounded: ``False`` takes it past the bound (its bytes are in an :class:`Intake`).
+        :param hand_over: when the worker was waiting for an item, wait until
+            it took one, at most :data:`HAND_OVER_SECONDS` (see the class).
         :raises queue.Full: no room in time.
         :raises QueueClosed: the queue was sealed.
         """
@@ -127,13 +151,31 @@ class WorkQueue(Generic[T]):
             self._size += 1
             self._metrics.accepted(self._accepted_key)
             self._items.put(item)
+            hand_over = hand_over and self._worker_waiting and not self._handing_over
+            if hand_over:
+                self._handing_over = True
+        if hand_over:
+            self._wait_taken()
+
+    def _wait_taken(self) -> None:
+        if self._taken.acquire(timeout=HAND_OVER_SECONDS):
+            return
+        with self._lock:
+            if self._handing_over:  # not taken in time: nothing will release it now
+                self._handing_over = False
+                return
+        self._taken.acquire()  # released just after the time was up: already free
 
     def get(self, timeout: float | None = None) -> Item[T] | _Stop:
         """The next item (:data:`STOP` after :meth:`seal`).
 
         :raises queue.Empty: nothing came within *timeout* seconds.
         """
-        item = self._items.get(timeout=timeout)
+        self._worker_waiting = True
+        try:
+            item = self._items.get(timeout=timeout)
+        finally:
+            self._worker_waiting = False
         if item is not STOP:
             self._took(item)
         return item  # type: ignore[no-any-return]
@@ -150,6 +192,9 @@ class WorkQueue(Generic[T]):
             self._size -= 1
             if self._blocked:
                 self._room.notify()
+            if self._handing_over:
+                self._handing_over = False
+                self._taken.release()
         self._on_take(item)
 
     def seal(self) -> None:

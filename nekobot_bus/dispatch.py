@@ -207,7 +207,7 @@ class Dispatcher(Handling[T]):
         queues = self._queues
         return queues[hash(message.session_id) % len(queues)] if len(queues) > 1 else queues[0]
 
-    def offer(self, message: Message, ticket: T, size: int) -> bool:
+    def offer(self, message: Message, ticket: T, size: int, *, hand_over: bool = False) -> bool:
         """Take *message* without waiting while the intake budget has room, else count it ``dropped``.
 
         For transports that must never block (the Redis fan-out reader): a
@@ -216,6 +216,11 @@ class Dispatcher(Handling[T]):
 
         :param size: the payload's bytes; the budget is charged that plus
             :data:`MESSAGE_OVERHEAD` until a worker takes the message.
+        :param hand_over: for a reader with more Python work of its own after
+            each message (an event loop): when the message's worker is idle,
+            let it take the message before the reader goes on, waiting at most
+            :data:`~nekobot_bus._workqueue.HAND_OVER_SECONDS`
+            (:class:`~nekobot_bus._workqueue.WorkQueue`).
         :returns: whether the message was taken.
         """
         item = Item(message, ticket, size + MESSAGE_OVERHEAD)
@@ -224,7 +229,7 @@ class Dispatcher(Handling[T]):
             self._drop(item, f"the intake holds {self._intake.limit} bytes already")
             return False
         try:
-            self._queue_for(message).put(item, bounded=False)
+            self._queue_for(message).put(item, bounded=False, hand_over=hand_over)
         except QueueClosed:
             self._intake.release(item.size)
             self._metrics.accepted(self._accepted_key)
