@@ -196,17 +196,18 @@ class NatsBus(NatsBase):
     def _publish_batch(self, direction: Direction, batch: list[Message]) -> None:
         if not batch:
             return
-        subjects = [self.subjects.messages(direction, m.channel_id) for m in batch]
-        payloads = [codec.encode(m, max_size=self.max_message_size) for m in batch]
-        local = self._registries[direction].channels()
-        mine = {
-            m.id: (direction, subject)
-            for m, subject in zip(batch, subjects, strict=True)
-            if m.channel_id in local or WILDCARD in local
-        }
+        listened = self._registries[direction].channels()
+        everything = WILDCARD in listened
+        pairs: list[tuple[str, bytes]] = []
+        mine: dict[str, tuple[Direction, str]] = {}  # what this bus reads back itself
+        for message in batch:  # one pass: a single send is the common case, and each step counts
+            subject = self.subjects.messages(direction, message.channel_id)
+            pairs.append((subject, codec.encode(message, max_size=self.max_message_size)))
+            if everything or message.channel_id in listened:
+                mine[message.id] = (direction, subject)
         self._read_back.expect(mine)  # before publishing: the loop may read it back before the call returns
         try:
-            self._loop.call(self._publish(list(zip(subjects, payloads, strict=True))), self._timeout)
+            self._loop.call(self._publish(pairs), self._timeout)
         except Unreachable as exc:
             self._read_back.forget(mine)
             self._metrics.incr("connection_errors")
