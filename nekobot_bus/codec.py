@@ -325,16 +325,19 @@ _NO_DATA = orjson.Fragment(b"{}")
 def encode(message: Message, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
     """Return *message* as the UTF-8 JSON the Go gateway reads.
 
-    orjson writes the fields, which are all strings, byte for byte as
-    :mod:`json` would (``tests/test_codec.py`` holds them to it); a
-    non-empty ``data`` is written by :mod:`json`, whose rules users meet:
-    ``NaN`` and values JSON cannot carry are refused (orjson would write
-    ``null``, or a datetime), and integers of any size are exact.
+    orjson writes the fields, strings and the UTC timestamp, byte for byte
+    as :mod:`json` would write them and :func:`format_timestamp` the
+    timestamp (``tests/test_codec.py`` holds them to it); a non-empty
+    ``data`` is written by :mod:`json`, whose rules users meet: ``NaN`` and
+    values JSON cannot carry are refused (orjson would write ``null``, or a
+    datetime), and integers of any size are exact.
 
     :raises MessageEncodeError: if ``data`` holds something JSON cannot
         carry, or the result is larger than *max_size* bytes.
     """
     data = message.data
+    stamp = message.timestamp  # a datetime subclass (pandas' Timestamp) orjson refuses to write
+    when = stamp if stamp.__class__ is datetime and stamp.tzinfo is timezone.utc else format_timestamp(stamp)
     try:
         body = orjson.dumps(
             {
@@ -346,9 +349,10 @@ def encode(message: Message, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
                 "type": message.type.value,
                 "content": message.content,
                 "data": orjson.Fragment(_to_json(data).encode()) if data else _NO_DATA,
-                "timestamp": format_timestamp(message.timestamp),
+                "timestamp": when,
                 "reply_to": message.reply_to,
-            }
+            },
+            option=orjson.OPT_UTC_Z,
         )
     except (TypeError, ValueError, RecursionError) as exc:  # orjson.JSONEncodeError is a TypeError
         # RecursionError: data nested past the json module's depth (about 1,000 levels).

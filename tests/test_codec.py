@@ -133,6 +133,18 @@ def test_encode_writes_utc_with_a_zone_for_any_aware_time() -> None:
     assert obj["timestamp"] == "2026-11-28T01:03:32Z"
 
 
+class _Moment(datetime):
+    """A datetime subclass, as pandas' Timestamp is one: orjson refuses to write those itself."""
+
+
+def test_encode_writes_a_datetime_subclass_as_its_plain_datetime() -> None:
+    plain = datetime(2026, 11, 29, 2, 10, 11, 5, tzinfo=timezone.utc)
+    moment = _Moment(2026, 11, 29, 2, 10, 11, 5, tzinfo=timezone.utc)
+    message = Message(channel_id="t", id="m1", timestamp=plain)
+    assert type(attrs.evolve(message, timestamp=moment).timestamp) is _Moment
+    assert codec.encode(attrs.evolve(message, timestamp=moment)) == codec.encode(message)
+
+
 def test_size_limit_is_enforced_before_parsing_and_when_encoding() -> None:
     with pytest.raises(MessageDecodeError, match="limit"):
         codec.decode(b"x" * (codec.DEFAULT_MAX_SIZE + 1))
