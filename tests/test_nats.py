@@ -25,6 +25,7 @@ from nekobot_bus import (
     create_bus,
     encode,
 )
+from nekobot_bus._workqueue import WorkQueue
 from nekobot_bus.backends.nats import NatsBase
 
 from .conftest import nats_config
@@ -340,6 +341,41 @@ def test_a_slow_consumer_past_its_limits_counts_what_it_drops(
     assert m["dropped_in"] > 0, "the burst fit: the test proves nothing"
     assert m["handled_in"] + m["dropped_in"] == m["messages_in"] == len(burst)
     assert len(handled) == m["handled_in"]
+
+
+@pytest.mark.parametrize("channel", ["telegram", "*"])
+def test_a_lone_message_is_handed_over_to_its_worker_and_a_burst_is_not(
+    shared_nats: NatsServer, buses: list[Bus], monkeypatch: pytest.MonkeyPatch, channel: str
+) -> None:
+    """The loop waits for an idle worker to take a message only when nothing waits behind it: a
+    hand-over per message of a burst would cap the loop at a few tens of thousands a second."""
+    handed: list[int] = []
+    wait_taken = WorkQueue._wait_taken
+
+    def counted(queue: WorkQueue[Any]) -> None:
+        handed.append(1)
+        wait_taken(queue)
+
+    monkeypatch.setattr(WorkQueue, "_wait_taken", counted)
+    config = nats_config(shared_nats, workers=1)
+    bus = build(buses, config)
+    collect = Collect()
+    bus.register_inbound_handler(channel, collect)
+    burst = [Message(channel_id="telegram", content=str(n)) for n in range(2000)]
+    with bus:
+        worker_queue = bus._dispatchers[Direction.INBOUND]._queues[0]
+        for n in range(5):
+            deadline = time.monotonic() + WAIT
+            while not worker_queue._worker_waiting and time.monotonic() < deadline:
+                time.sleep(0.001)
+            bus.send_inbound(Message(channel_id="telegram", content=f"lone {n}"))
+            assert collect.wait_for(n + 1)
+        assert len(handed) == 5  # the worker was idle each time, and nothing came behind
+        bus.send_many("inbound", burst)
+        assert collect.wait_for(5 + len(burst))
+        assert bus.wait_idle(WAIT)
+    assert len(handed) < 5 + len(burst) // 10, f"{len(handed) - 5} of the burst's 2000 were handed over"
+    assert bus.get_metrics()["handled_in"] == 5 + len(burst)
 
 
 def test_a_send_is_confirmed_by_a_ping_written_after_its_publish(tmp_path: Path, buses: list[Bus]) -> None:
