@@ -83,7 +83,10 @@ class WorkQueue(Generic[T]):
     put the item keeps for as long as it has Python work of its own: an
     event loop finishing its turn keeps it for tens of microseconds. A put
     with ``hand_over`` lets a worker that was waiting run first: it waits,
-    at most :data:`HAND_OVER_SECONDS`, until the worker has taken an item.
+    at most :data:`HAND_OVER_SECONDS`, until the worker has taken an item,
+    and then for the interpreter lock, which the worker keeps while its
+    handlers run (until they wait for I/O, or for the interpreter's switch
+    interval, 5 ms by default).
 
     :param on_take: called after a worker took an item, with the item.
     """
@@ -105,12 +108,11 @@ class WorkQueue(Generic[T]):
         self._size = 0  # items queued, STOP not counted
         self._blocked = 0  # senders waiting for room
         self._closed = False
-        # Hand-over: the worker is blocked in get() (written by the worker alone), a putter
-        # waits for it to take an item (under the lock), and released when it has.
+        # True while the worker is blocked in get(); written by the worker alone.
         self._worker_waiting = False
-        self._handing_over = False
-        self._taken = threading.Lock()
-        self._taken.acquire()
+        # The hand-over in progress (under the lock): a lock its putter waits on, held until
+        # the worker takes an item. One per hand-over, so a late release reaches nobody else.
+        self._handover: threading.Lock | None = None
         #: Messages the worker keeps aside behind a retry (written by the worker only).
         self.held_back = 0
 
@@ -151,20 +153,18 @@ class WorkQueue(Generic[T]):
             self._size += 1
             self._metrics.accepted(self._accepted_key)
             self._items.put(item)
-            hand_over = hand_over and self._worker_waiting and not self._handing_over
-            if hand_over:
-                self._handing_over = True
-        if hand_over:
-            self._wait_taken()
+            waiter = None
+            if hand_over and self._worker_waiting and self._handover is None:
+                waiter = self._handover = threading.Lock()
+                waiter.acquire()
+        if waiter is not None:
+            self._wait_taken(waiter)
 
-    def _wait_taken(self) -> None:
-        if self._taken.acquire(timeout=HAND_OVER_SECONDS):
-            return
-        with self._lock:
-            if self._handing_over:  # not taken in time: nothing will release it now
-                self._handing_over = False
-                return
-        self._taken.acquire()  # released just after the time was up: already free
+    def _wait_taken(self, waiter: threading.Lock) -> None:
+        if not waiter.acquire(timeout=HAND_OVER_SECONDS):
+            with self._lock:
+                if self._handover is waiter:  # not taken in time: the next hand-over may begin
+                    self._handover = None
 
     def get(self, timeout: float | None = None) -> Item[T] | _Stop:
         """The next item (:data:`STOP` after :meth:`seal`).
@@ -192,9 +192,9 @@ class WorkQueue(Generic[T]):
             self._size -= 1
             if self._blocked:
                 self._room.notify()
-            if self._handing_over:
-                self._handing_over = False
-                self._taken.release()
+            if self._handover is not None:
+                self._handover.release()
+                self._handover = None
         self._on_take(item)
 
     def seal(self) -> None:

@@ -336,9 +336,12 @@ def encode(message: Message, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
         carry, or the result is larger than *max_size* bytes.
     """
     data = message.data
-    stamp = message.timestamp  # a datetime subclass (pandas' Timestamp) orjson refuses to write
-    when = stamp if stamp.__class__ is datetime and stamp.tzinfo is timezone.utc else format_timestamp(stamp)
+    stamp = message.timestamp
     try:
+        # orjson writes a UTC datetime itself; it refuses a subclass (pandas' Timestamp is one).
+        when = (
+            stamp if stamp.__class__ is datetime and stamp.tzinfo is timezone.utc else format_timestamp(stamp)
+        )
         body = orjson.dumps(
             {
                 "id": message.id,

@@ -218,9 +218,10 @@ class Dispatcher(Handling[T]):
             :data:`MESSAGE_OVERHEAD` until a worker takes the message.
         :param hand_over: for a reader with more Python work of its own after
             each message (an event loop): when the message's worker is idle,
-            let it take the message before the reader goes on, waiting at most
-            :data:`~nekobot_bus._workqueue.HAND_OVER_SECONDS`
-            (:class:`~nekobot_bus._workqueue.WorkQueue`).
+            let it start before the reader goes on. The reader waits at most
+            :data:`~nekobot_bus._workqueue.HAND_OVER_SECONDS` for the worker
+            to take it, then for the interpreter lock, which the worker keeps
+            while the handlers run (:class:`~nekobot_bus._workqueue.WorkQueue`).
         :returns: whether the message was taken.
         """
         item = Item(message, ticket, size + MESSAGE_OVERHEAD)

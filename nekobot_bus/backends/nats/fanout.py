@@ -4,12 +4,15 @@ The loop thread, the connection and its lifecycle are :mod:`.base`'s. Here,
 the subscriptions' callbacks decode each message and offer it to the
 dispatcher of its direction without waiting for room. When the message's
 worker is idle and nothing waits behind the message in its subscription,
-the callback lets the worker take it first (at most
-:data:`~nekobot_bus._workqueue.HAND_OVER_SECONDS`): the rest of the loop's
-turn would otherwise keep the interpreter lock while the worker waits. That
-takes about a tenth off the send-to-handler latency, and costs a sender
-that waits for each confirmation about 6 % of its rate; a burst is handed
-on as fast as before (measured with ``nekobot-bus bench``).
+the callback lets the worker start first (it waits at most
+:data:`~nekobot_bus._workqueue.HAND_OVER_SECONDS` for the worker to take
+it, then for the interpreter lock while the handlers run): the rest of the
+loop's turn would otherwise keep the interpreter lock while the worker
+waits. That takes about a tenth off the send-to-handler latency, and costs
+a sender that waits for each confirmation about 6 % of its rate with
+trivial handlers (a handler that computes for long delays the loop's turn
+by up to the interpreter's switch interval, 5 ms). A burst is handed on as
+fast as before (measured with ``nekobot-bus bench``).
 
 Where a message can be lost, and how it shows
 ---------------------------------------------
@@ -178,20 +181,22 @@ class NatsBus(NatsBase):
         if not self._read_back.arriving(message.id):
             return  # counted no_handler already (read_back.py)
         self._dispatchers[name.direction].offer(
-            message, None, len(payload), hand_over=self._last_of_burst(msg)
+            message, None, len(payload), hand_over=self._last_of_burst(msg.subject, name.direction)
         )
         self._read_back.arrived(message.id)
 
-    def _last_of_burst(self, msg: Msg) -> bool:
-        """Whether nothing more waits behind *msg* in its subscription: then an idle worker takes it
-        before the loop finishes its turn (the module's docstring says why); within a burst the loop
-        hands messages on as fast as it can, since a hand-over per message would cap it at a few
-        tens of thousands a second."""
-        subscription = self._subscriptions.get(msg.subject)
+    def _last_of_burst(self, subject: str, direction: Direction) -> bool:
+        """Whether nothing more waits behind this message in its subscription.
+
+        Then an idle worker takes it before the loop finishes its turn (the
+        module's docstring says why). Within a burst the loop hands messages
+        on as fast as it can: a hand-over per message would cap it at a few
+        tens of thousands a second. The count is per subscription, so a burst
+        spread over many exact channels hands over once per channel per read.
+        """
+        subscription = self._subscriptions.get(subject)
         if subscription is None:  # delivered through the direction's wildcard
-            name = self.subjects.parse(msg.subject)
-            wildcard = self.subjects.messages(name.direction, WILDCARD) if name is not None else ""
-            subscription = self._subscriptions.get(wildcard)
+            subscription = self._subscriptions.get(self.subjects.messages(direction, WILDCARD))
         return subscription is None or not subscription.pending_msgs
 
     # -- sending ----------------------------------------------------------------
