@@ -115,18 +115,30 @@ def plot(path: str, results: Sequence[Result], scaling: Sequence[Mapping[str, An
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     panels = 1 + (2 if scaling else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8), squeeze=False)
+    lines = [result for result in results if result.latencies_us]
+    # The CDF's legend goes below it, two names a row: room for them under the panels.
+    legend_rows = (len(lines) + 1) // 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8 + 0.18 * legend_rows), squeeze=False)
     cdf = axes[0][0]
-    for result in results:
+    colors = plt.get_cmap("tab20")
+    for n, result in enumerate(lines):
         values = sorted(result.latencies_us)
-        if values:
-            cdf.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=result.name)
+        # Twenty colours, and the kind of line in its style: a baseline dashed, a peer dotted.
+        style = "--" if "(baseline)" in result.name else ":" if "(alternative)" in result.name else "-"
+        cdf.plot(
+            values,
+            [(i + 1) / len(values) for i in range(len(values))],
+            style,
+            color=colors(n % 20),
+            label=result.name,
+        )
     cdf.set_xscale("log")
     cdf.set_xlabel("send-to-handler latency (us, log scale)")
     cdf.set_ylabel("fraction of messages")
     cdf.set_title("Latency CDF, one message at a time")
     cdf.grid(True, which="both", alpha=0.3)
-    cdf.legend(fontsize="small")
+    if lines:
+        cdf.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     if scaling:
         by_producers = axes[0][1]
         for backend in sorted({str(r["backend"]) for r in scaling if r["series"] == "producers"}):

@@ -9,7 +9,8 @@ and stopped by ``stop()``. The loop owns the NATS connection: it connects,
 reconnects (forever, each time counted ``reconnects``; each loss counted
 ``connection_errors``), answers the server's PINGs and runs the client's
 callbacks, which decode messages and offer them to the dispatchers without
-waiting; no handler ever runs on the loop. ``send_*`` runs in the caller's
+waiting for room (the fan-out lets an idle worker start first, see
+:mod:`.fanout`); no handler ever runs on the loop. ``send_*`` runs in the caller's
 thread and hands the publish to the loop, waiting at most ``send_timeout``;
 ``register_*`` on a running bus waits as long for the server to confirm.
 

@@ -65,7 +65,7 @@ __all__ = ["NatsBus"]
 
 logger = logging.getLogger("nekobot_bus.nats")
 
-#: The client's own limit on what one subscription may hold undelivered (our callback never waits).
+#: The client's own limit on what one subscription may hold undelivered (our callback never waits for room).
 _PENDING_MESSAGES = 65536
 
 
