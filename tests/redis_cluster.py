@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,16 +29,7 @@ NODE_TIMEOUT_MS = 1000
 
 def _free_cluster_port() -> int:
     """A free port whose cluster bus port, 10000 above it, is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
+    return free_port(also_free=10000)
 
 
 def _start_node(node: RedisServer, attempts: int = 3) -> None:

@@ -57,7 +57,10 @@ class RedisServer(ServerProcess):
         while True:
             try:
                 with self.client() as client:
-                    client.ping()
+                    answered = client.info("server")["process_id"]
+                if answered != self.process.pid:  # another server has the port: ours cannot bind it
+                    self.stop()
+                    raise RuntimeError(f"port {self.port} is taken by another redis-server (pid {answered})")
                 return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:

@@ -12,10 +12,33 @@ from pathlib import Path
 __all__ = ["ServerProcess", "free_port", "suspend"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Every port free_port() has handed out in this process: a port chosen for a server that is
+# not started yet is free again at once, and the system may hand it out a second time (a
+# cluster of six nodes chosen before any starts once got one port twice).
+_handed_out: set[int] = set()
+
+
+def free_port(*, also_free: int = 0) -> int:
+    """A loopback port that is free now and was never handed out before in this process.
+
+    :param also_free: an offset whose port must be free and new too (a Redis
+        Cluster node's bus port is 10000 above its own); 0: none.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        wanted = {port, port + also_free}
+        if wanted & _handed_out or max(wanted) > 65535:
+            continue
+        if also_free:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + also_free))
+                except OSError:
+                    continue
+        _handed_out.update(wanted)
+        return port
 
 
 def suspend(pid: int, timeout: float = 5.0) -> None:
